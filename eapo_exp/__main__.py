@@ -1,0 +1,21 @@
+"""The one entrypoint: `eapo-exp <overrides>` or `python -m eapo_exp <overrides>`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from eapo_exp.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from eapo_exp.pipeline import run_job  # heavy imports after Hydra has parsed the CLI
+
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Every option file in `conf/<group>/` extends one of these schemas through its defaults
+list (`- base_<name>`), so an unknown key or a value of the wrong type fails at startup
+with Hydra's own message. Objects are built from `_target_` nodes with explicit
+arguments; no object reads the global config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+
+class Stage(str, Enum):
+    """How far the pipeline runs; every stage runs (or reuses) the ones before it."""
+
+    data = "data"
+    expert = "expert"
+    sft = "sft"
+    preference = "preference"
+    all = "all"
+
+
+# ---------------------------------------------------------------- paths
+@dataclass
+class PathsConfig:
+    # Shared by every run and sweep job: raw data, converted models, fingerprinted artifacts.
+    cache_dir: str = "${oc.env:EAPO_CACHE_DIR,.cache}"
+    data_cache: str = "${paths.cache_dir}/data"
+    model_cache: str = "${paths.cache_dir}/models"
+    artifact_cache: str = "${paths.cache_dir}/artifacts"
+
+
+# ---------------------------------------------------------------- dataset sources
+@dataclass
+class MovieLens100KSourceConfig:
+    _target_: str = "eapo_exp.data.sources.MovieLens100KSource"
+    cache_dir: str = II("paths.data_cache")
+    title_with_year: bool = True
+
+
+@dataclass
+class AtomicSourceConfig:
+    _target_: str = "eapo_exp.data.sources.AtomicSource"
+    inter_path: str = MISSING
+    item_path: str = MISSING
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    time_field: str = "timestamp"
+    rating_field: str = "rating"
+    title_field: str = ""
+    title_suffix_field: str = ""
+
+
+@dataclass
+class Amazon2018SourceConfig:
+    _target_: str = "eapo_exp.data.sources.Amazon2018Source"
+    reviews_path: str = MISSING
+    meta_path: str = MISSING
+
+
+@dataclass
+class SyntheticSourceConfig:
+    _target_: str = "eapo_exp.data.sources.SyntheticSource"
+    num_users: int = 200
+    num_items: int = 120
+    num_groups: int = 6
+    interactions_per_user: int = 20
+    drift: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: Any = MISSING
+    item_noun: str = "item"
+    k_core: int = 0
+    history_len: int = 10
+    min_history: int = 1
+    num_negatives: int = 20
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # Seeds candidate sampling; fixed across method seeds so every run ranks the same lists.
+    sample_seed: int = 0
+
+
+# ---------------------------------------------------------------- experts
+@dataclass
+class SASRecConfig:
+    _target_: str = "eapo_exp.experts.SASRec"
+    max_len: int = II("dataset.history_len")
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+
+
+@dataclass
+class GRU4RecConfig:
+    _target_: str = "eapo_exp.experts.GRU4Rec"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.2
+
+
+@dataclass
+class CaserConfig:
+    _target_: str = "eapo_exp.experts.Caser"
+    max_len: int = II("dataset.history_len")
+    hidden_size: int = 64
+    num_horizontal: int = 16
+    num_vertical: int = 4
+    dropout: float = 0.2
+
+
+@dataclass
+class ExpertConfig:
+    name: str = MISSING
+    model: Any = MISSING
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    patience: int = 3
+    weight_decay: float = 0.0
+    # Fraction of training samples the expert sees (paper Fig. 2c: 1.0 / 0.75 / 0.5).
+    data_fraction: float = 1.0
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- backbones
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class SmolLM2LoaderConfig:
+    _target_: str = "eapo_exp.backbones.SmolLM2Backbone"
+    cache_dir: str = II("paths.model_cache")
+    dtype: str = "auto"
+    max_context: int = 2048
+
+
+@dataclass
+class TinyLoaderConfig:
+    _target_: str = "eapo_exp.backbones.TinyBackbone"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_context: int = 1024
+    vocab_size: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class HFLoaderConfig:
+    _target_: str = "eapo_exp.backbones.HFBackbone"
+    name_or_path: str = MISSING
+    dtype: str = "auto"
+    device_map: Optional[str] = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    max_context: int = 4096
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+    loader: Any = MISSING
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# ---------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "eapo-exp"
+    mode: str = "offline"  # online | offline | disabled
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- top level
+@dataclass
+class Config:
+    stage: Stage = Stage.expert
+    seed: int = 0
+    torch_threads: int = 0  # 0 = torch default
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: Any = MISSING
+    expert: Any = MISSING
+    backbone: Any = MISSING
+    loss: Any = MISSING
+    beta_schedule: Any = MISSING
+    train: Any = MISSING
+    eval: Any = MISSING
+    logger: Any = MISSING
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="dataset", name="base_ml100k",
+             node=DatasetConfig(name="ml100k", source=MovieLens100KSourceConfig()))
+    cs.store(group="dataset", name="base_atomic",
+             node=DatasetConfig(name="atomic", source=AtomicSourceConfig()))
+    cs.store(group="dataset", name="base_amazon2018",
+             node=DatasetConfig(name="amazon2018", source=Amazon2018SourceConfig()))
+    cs.store(group="dataset", name="base_synthetic",
+             node=DatasetConfig(name="synthetic", source=SyntheticSourceConfig()))
+    cs.store(group="expert", name="base_sasrec", node=ExpertConfig(name="sasrec",
+                                                                   model=SASRecConfig()))
+    cs.store(group="expert", name="base_gru4rec", node=ExpertConfig(name="gru4rec",
+                                                                    model=GRU4RecConfig()))
+    cs.store(group="expert", name="base_caser", node=ExpertConfig(name="caser",
+                                                                  model=CaserConfig()))
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="backbone", name="base_smollm2",
+             node=BackboneConfig(name="smollm2_135m", loader=SmolLM2LoaderConfig()))
+    cs.store(group="backbone", name="base_tiny",
+             node=BackboneConfig(name="tiny", loader=TinyLoaderConfig()))
+    cs.store(group="backbone", name="base_hf",
+             node=BackboneConfig(name="hf", loader=HFLoaderConfig()))

@@ -1,0 +1,66 @@
+"""Stage `expert`: train (or reuse) the frozen sequential expert and evaluate it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from eapo_exp.cache import ArtifactCache
+from eapo_exp.data.schema import SampleSet
+from eapo_exp.experts import PopularityRanker
+from eapo_exp.experts.training import evaluate_scorer, load_expert, save_expert, train_expert
+
+log = logging.getLogger(__name__)
+
+EXPERT_FORMAT_VERSION = 1
+EVAL_SPLITS = ("valid", "test", "test_user_cold", "test_item_cold")
+
+
+def expert_spec(expert_cfg: DictConfig, samples: SampleSet) -> dict:
+    return {"format": EXPERT_FORMAT_VERSION, "samples": samples.fingerprint,
+            "expert": OmegaConf.to_container(expert_cfg, resolve=True)}
+
+
+def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                   history_len: int) -> tuple[object, Path]:
+    """Return the trained expert (eval mode) and its artifact directory."""
+    spec = expert_spec(expert_cfg, samples)
+
+    def build(directory: Path) -> None:
+        model = instantiate(expert_cfg.model, num_items=samples.catalog.num_items)
+        log.info("training expert %s (%d parameters)", expert_cfg.name,
+                 sum(p.numel() for p in model.parameters()))
+        info = train_expert(model, samples.split("train"), samples.split("valid"),
+                            history_len=history_len, lr=expert_cfg.lr,
+                            batch_size=expert_cfg.batch_size, max_epochs=expert_cfg.max_epochs,
+                            patience=expert_cfg.patience, weight_decay=expert_cfg.weight_decay,
+                            data_fraction=expert_cfg.data_fraction, seed=expert_cfg.seed)
+        save_expert(model, directory, info, spec)
+
+    path = cache.get_or_build("experts", spec, build)
+    return load_expert(path), path
+
+
+def evaluate_on_splits(scorer, samples: SampleSet, history_len: int) -> dict:
+    results = {}
+    for name in EVAL_SPLITS:
+        if name in samples.splits and len(samples.splits[name]) > 0:
+            results[name] = evaluate_scorer(scorer, samples.split(name), history_len)
+    return results
+
+
+def run_expert_stage(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                     history_len: int) -> dict:
+    expert, path = prepare_expert(expert_cfg, samples, cache, history_len)
+    training = json.loads((path / "metrics.json").read_text())
+    popularity = PopularityRanker(samples.catalog.num_items)
+    popularity.fit(samples.split("train"))
+    return {
+        "expert": {"name": expert_cfg.name, "artifact": str(path), "training": training,
+                   **evaluate_on_splits(expert, samples, history_len)},
+        "popularity": evaluate_on_splits(popularity, samples, history_len),
+    }
