@@ -62,7 +62,7 @@ def read_atomic_table(path: str | os.PathLike, required: tuple[str, ...] = ()) -
     Raises DataError (one line naming the file) on a missing or empty file, a header with
     duplicate columns, rows with the wrong number of fields, or missing `required` columns.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise DataError(f"{path}: {what}")
@@ -214,8 +214,8 @@ class AtomicSource:
                     f" the file has {list(items.columns)}"
                 )
             suffixes = items[self.title_suffix_field].str.strip().tolist()
-            titles = [_with_suffix(t, s) for t, s in zip(titles, suffixes)]
-        return {i: t for i, t in zip(items[self.item_field].tolist(), titles) if t}
+            titles = [_with_suffix(t, s) for t, s in zip(titles, suffixes, strict=True)]
+        return {i: t for i, t in zip(items[self.item_field].tolist(), titles, strict=True) if t}
 
     def read_interactions(self) -> tuple[pd.DataFrame, list[int]]:
         """Interactions in file order, and each row's line number in the `.inter` file."""
@@ -235,8 +235,20 @@ class AtomicSource:
     # -- the source ------------------------------------------------------------------------
 
     def load(self) -> InteractionData:
+        data, _ = self.load_with_items()
+        interactions = data.interactions
+        log.info(
+            "read %d interactions (%d users, %d items) from %s; %d titled items from %s",
+            len(interactions), interactions["user"].nunique(), interactions["item"].nunique(),
+            self.inter_path, len(data.titles), self.item_path,
+        )
+        return data
+
+    def load_with_items(self) -> tuple[InteractionData, pd.DataFrame]:
+        """The data, and the `.item` table it came from (for wrappers that build titles)."""
         interactions, lines = self.read_interactions()
         items = self.read_items()
+        titles = self.titles_from_items(items)  # column problems before row problems
         known = interactions["item"].isin(items[self.item_field]).to_numpy()
         if not known.all():
             rows = (~known).nonzero()[0]
@@ -247,13 +259,7 @@ class AtomicSource:
                 f"{lines[first]} is absent from {self.item_path} "
                 f"({len(rows)} row(s) name {unknown} such item(s))"
             )
-        titles = self.titles_from_items(items)
-        log.info(
-            "read %d interactions (%d users, %d items) from %s; %d titled items from %s",
-            len(interactions), interactions["user"].nunique(), interactions["item"].nunique(),
-            self.inter_path, len(titles), self.item_path,
-        )
-        return InteractionData(interactions=interactions, titles=titles)
+        return InteractionData(interactions=interactions, titles=titles), items
 
 
 def _with_suffix(title: str, suffix: str) -> str:

@@ -86,22 +86,26 @@ class MovieLens100KSource:
             item_path=str(data_dir / "ml-100k.item"),
             title_field="movie_title",
         )
-        data = atomic.load()
-        items = atomic.read_items()
+        data, items = atomic.load_with_items()
         titles: dict[str, str] = {}
         years = (
             items["release_year"].str.strip().tolist()
             if "release_year" in items.columns
             else [""] * len(items)
         )
-        for item, title, year in zip(items["item_id"].tolist(),
-                                     items["movie_title"].str.strip().tolist(), years):
-            if not title or title.lower() in PLACEHOLDER_TITLES:
+        names = items["movie_title"].str.strip().tolist()
+        for item, name, year in zip(items["item_id"].tolist(), names, years, strict=True):
+            if not name or name.lower() in PLACEHOLDER_TITLES:
                 continue
-            if self.title_with_year and _YEAR.match(year) and not _TITLE_YEAR.match(title):
-                title = f"{title} ({year})"
-            titles[item] = title
-        return InteractionData(interactions=data.interactions, titles=titles)
+            add_year = self.title_with_year and _YEAR.match(year) and not _TITLE_YEAR.match(name)
+            titles[item] = f"{name} ({year})" if add_year else name
+        interactions = data.interactions
+        log.info(
+            "MovieLens-100K: %d interactions, %d users, %d items, %d titled items (from %s)",
+            len(interactions), interactions["user"].nunique(), interactions["item"].nunique(),
+            len(titles), data_dir,
+        )
+        return InteractionData(interactions=interactions, titles=titles)
 
 
 def _is_complete(data_dir: Path) -> bool:
@@ -125,6 +129,9 @@ def ensure_ml100k(cache_dir: Path) -> Path:
         if _is_complete(data_dir):  # a concurrent job fetched it while we waited
             log.info("MovieLens-100K fetched by a concurrent job into %s", data_dir)
             return data_dir
+        for stale in cache_dir.glob(f".{DATASET}.*"):  # left by a killed fetch
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{DATASET}.", dir=cache_dir))
         try:
             tried: list[str] = []
@@ -154,6 +161,7 @@ def ensure_ml100k(cache_dir: Path) -> Path:
                     + f". Put ml-100k.inter and ml-100k.item (RecBole atomic files) into "
                     f"{data_dir} by hand"
                 )
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
             if data_dir.exists():  # an incomplete directory left by hand or by an old run
                 shutil.rmtree(data_dir)
             os.replace(tmp, data_dir)
@@ -193,7 +201,7 @@ def fetch_from_recbole(dest: Path) -> None:
 
 def fetch_from_grouplens(dest: Path) -> None:
     """Download the official GroupLens zip and convert it to RecBole atomic files."""
-    with urllib.request.urlopen(GROUPLENS_URL, timeout=URL_TIMEOUT_S) as response:  # noqa: S310
+    with urllib.request.urlopen(GROUPLENS_URL, timeout=URL_TIMEOUT_S) as response:
         payload = response.read()
     log.info("downloaded %s (%d bytes)", GROUPLENS_URL, len(payload))
     convert_grouplens_zip(io.BytesIO(payload), dest)
@@ -227,11 +235,11 @@ def convert_grouplens_zip(zip_file: str | os.PathLike | io.BytesIO, dest: Path) 
             if match:
                 title, year = match.group(1), match.group(2)
             flags = fields[5:5 + len(GENRES)]
-            genres = " ".join(g for g, f in zip(GENRES, flags) if f.strip() == "1")
+            genres = " ".join(g for g, f in zip(GENRES, flags, strict=False) if f.strip() == "1")
             item_lines.append(f"{fields[0]}\t{title}\t{year}\t{genres}")
         user_lines = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"]
         for line in member("u.user"):
             if line.strip():
                 user_lines.append("\t".join(line.split("|")))
-    for name, lines in zip(ATOMIC_FILES, (inter_lines, item_lines, user_lines)):
+    for name, lines in zip(ATOMIC_FILES, (inter_lines, item_lines, user_lines), strict=True):
         (dest / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
