@@ -1,0 +1,1 @@
+"""Training: SFT, the preference loop, shared-prefix completion log-probs and their caches."""
