@@ -49,6 +49,13 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def work_dir(self, kind: str, spec: Any) -> Path:
+        """A persistent scratch directory for building `spec` (checkpoints live here, so
+        rerunning the same command resumes); removed once the artifact is complete."""
+        path = self.root / kind / f"{fingerprint(spec)}.work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def exists(self, kind: str, key: str) -> bool:
         return (self.path(kind, key) / COMPLETE_MARKER).exists()
 

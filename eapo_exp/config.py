@@ -181,6 +181,56 @@ class BackboneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
+# ---------------------------------------------------------------- prompts, training, evaluation
+@dataclass
+class PromptConfig:
+    # "all" or a list of template names (eapo_exp.data.prompts.TEMPLATES); one drawn per example.
+    train_templates: list[str] = field(default_factory=lambda: ["all"])
+    # "fixed:<name>" or "random" (drawn per sample, seeded).
+    eval_template: str = "fixed:chronological"
+    max_prompt_tokens: int = 768
+    seed: int = 0
+
+
+@dataclass
+class SFTConfig:
+    # False = zero-shot baseline: no training, same prompts and evaluation.
+    enabled: bool = True
+    max_train_samples: int = 2000  # 0 = every training sample
+    epochs: int = 1
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = II("seed")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass
+class EvalConfig:
+    name: str = "default"
+    mode: str = "score"  # score | beam | generate
+    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    # Samples per split, drawn once with subset_seed so every method ranks the same lists.
+    max_samples: int = 500
+    subset_seed: int = 0
+    batch_size: int = 4
+    length_normalize: bool = False
+    beam_width: int = 5
+    max_new_tokens: Optional[int] = None
+    write_predictions: bool = True
+
+
 # ---------------------------------------------------------------- logger
 @dataclass
 class LoggerConfig:
@@ -199,6 +249,7 @@ class Config:
     seed: int = 0
     torch_threads: int = 0  # 0 = torch default
     paths: PathsConfig = field(default_factory=PathsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     dataset: Any = MISSING
     expert: Any = MISSING
     backbone: Any = MISSING
@@ -227,6 +278,8 @@ def register_configs() -> None:
     cs.store(group="expert", name="base_caser", node=ExpertConfig(name="caser",
                                                                   model=CaserConfig()))
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="train", name="base_train", node=TrainConfig)
+    cs.store(group="eval", name="base_eval", node=EvalConfig)
     cs.store(group="backbone", name="base_smollm2",
              node=BackboneConfig(name="smollm2_135m", loader=SmolLM2LoaderConfig()))
     cs.store(group="backbone", name="base_tiny",

@@ -21,17 +21,10 @@ from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.errors import EapoError
 from eapo_exp.report.tables import format_metric_table
+from eapo_exp.tracking import RunTracker
 from eapo_exp.validation import validate_config
 
 log = logging.getLogger(__name__)
-
-STAGE_ORDER = [Stage.data, Stage.expert, Stage.sft, Stage.preference, Stage.all]
-
-
-def reaches(target: Stage, stage: Stage) -> bool:
-    """True when a job asked to run up to `target` must run `stage`."""
-    return STAGE_ORDER.index(target) >= STAGE_ORDER.index(stage)
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -49,7 +42,14 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def run_stages(cfg: DictConfig) -> dict:
+def print_tables(rows: dict[str, dict], splits, dataset: str) -> None:
+    for split in splits:
+        present = {name: r[split] for name, r in rows.items() if split in r}
+        if present:
+            print(format_metric_table(present, title=f"{dataset} {split}"))
+
+
+def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
     from eapo_exp.stages.data_stage import prepare_samples
 
     stage = Stage(cfg.stage)
@@ -59,21 +59,47 @@ def run_stages(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     samples = prepare_samples(cfg.dataset, cache)
     metrics["timings"]["data_s"] = round(time.perf_counter() - started, 2)
-    metrics["data"] = samples.stats
-    metrics["data"]["fingerprint"] = samples.fingerprint
+    metrics["data"] = {**samples.stats, "fingerprint": samples.fingerprint}
 
-    if reaches(stage, Stage.expert):
+    if stage in (Stage.expert, Stage.preference, Stage.all):
         from eapo_exp.stages.expert_stage import run_expert_stage
 
         started = time.perf_counter()
         metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len))
         metrics["timings"]["expert_s"] = round(time.perf_counter() - started, 2)
-        rows = {cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]}
-        for split in ("valid", "test"):
-            table = format_metric_table({name: r[split] for name, r in rows.items()
-                                         if split in r}, title=f"{cfg.dataset.name} {split}")
-            print(table)
+        print_tables({cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]},
+                     ("valid", "test"), cfg.dataset.name)
+
+    if stage in (Stage.sft, Stage.preference, Stage.all):
+        from eapo_exp.stages.eval_stage import evaluate_adapter
+        from eapo_exp.stages.sft_stage import prepare_sft, sft_info
+
+        started = time.perf_counter()
+        adapter = prepare_sft(cfg, samples, cache,
+                              on_log=lambda step, values: tracker.log("sft", step, values))
+        metrics["sft"] = sft_info(adapter)
+        metrics["timings"]["sft_s"] = round(time.perf_counter() - started, 2)
+        if stage is Stage.sft:
+            label = "sft" if adapter is not None else "zero_shot"
+            started = time.perf_counter()
+            metrics["eval"] = {label: evaluate_adapter(cfg, samples, adapter, out, label)}
+            metrics["timings"]["eval_s"] = round(time.perf_counter() - started, 2)
+            print_tables(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
+
+
+def make_tracker(cfg: DictConfig, out: Path) -> RunTracker:
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("paths.")]
+    name = ",".join(overrides) or "default"
+    choices = hydra_cfg.runtime.choices
+    tags = [f"{g}={choices.get(g)}" for g in ("loss", "beta_schedule", "dataset", "backbone")
+            if choices.get(g)] + list(cfg.logger.tags)
+    return RunTracker(out, backend=cfg.logger.name, project=cfg.logger.project,
+                      mode=cfg.logger.mode, entity=cfg.logger.entity, name=name,
+                      group=cfg.logger.group or choices.get("experiment") or None,
+                      job_type=str(Stage(cfg.stage).value), tags=tags,
+                      config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -81,23 +107,26 @@ def run_job(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     is_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    tracker = make_tracker(cfg, out)
     try:
         validate_config(cfg)
         seed_everything(cfg.seed)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         started = time.perf_counter()
-        metrics = run_stages(cfg)
+        metrics = run_stages(cfg, tracker, out)
         metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
         metrics["status"] = "ok"
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
+        tracker.finish()
         return None
-    except Exception as error:  # noqa: BLE001 - recorded, then reported or re-raised
+    except Exception as error:
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                    "stage": str(cfg.stage)}
         write_json(out / "metrics.json", failure)
         (out / "error.txt").write_text(traceback.format_exc())
+        tracker.finish(failed=True)
         if is_sweep:  # one failed job must not end the sweep; the report lists it
             log.error("job failed: %s (traceback in %s)", failure["error"], out / "error.txt")
             return None

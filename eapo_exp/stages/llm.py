@@ -1,0 +1,41 @@
+"""Backbone and prompt builder for a job: shared by the SFT, preference and evaluation stages."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from eapo_exp.backbones.base import LoadedBackbone
+from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
+from eapo_exp.data.schema import SampleSet
+
+
+def load_backbone(backbone_cfg: DictConfig, samples: SampleSet) -> LoadedBackbone:
+    loader = instantiate(backbone_cfg.loader)
+    # Only the tiny backbone uses the corpus (to train its tokenizer).
+    corpus = [t for t in samples.catalog.titles[1:] if t] + list(TEMPLATES.values())
+    return loader.load(corpus)
+
+
+def longest_completion(samples: SampleSet, tokenizer) -> int:
+    titles = [t for t in samples.catalog.titles[1:] if t]
+    lengths = tokenizer(titles, add_special_tokens=False)["input_ids"]
+    return max(len(ids) for ids in lengths) + 1  # + EOS
+
+
+def make_prompt_builder(prompt_cfg: DictConfig, loaded: LoadedBackbone,
+                        samples: SampleSet) -> PromptBuilder:
+    templates = list(prompt_cfg.train_templates)
+    # The prompt plus the longest candidate title must fit the model's context.
+    budget = min(prompt_cfg.max_prompt_tokens,
+                 loaded.max_context - longest_completion(samples, loaded.tokenizer))
+    return PromptBuilder(loaded.tokenizer, item_noun=samples.item_noun,
+                         train_templates="all" if templates == ["all"] else templates,
+                         eval_template=prompt_cfg.eval_template, max_prompt_tokens=budget,
+                         seed=prompt_cfg.seed)
+
+
+def backbone_spec(backbone_cfg: DictConfig) -> dict:
+    spec = OmegaConf.to_container(backbone_cfg, resolve=True)
+    spec["loader"].pop("cache_dir", None)  # where the converted weights live is irrelevant
+    return spec

@@ -1,0 +1,156 @@
+"""The optimisation loop shared by SFT and preference training.
+
+It owns what both need and nothing stage-specific: AdamW over the trainable (LoRA)
+parameters, warmup + cosine or constant LR, gradient accumulation, clipping, a NaN/inf
+guard, periodic resumable checkpoints, and a metric history. The stage supplies
+`step_loss(step, micro_index) -> (loss, stats)` for each micro-batch.
+
+Runs single-process by default; under `accelerate launch` each process takes every
+world_size-th micro-batch and gradients are averaged by accelerate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from eapo_exp.errors import EapoError
+from eapo_exp.training.checkpoint import (
+    latest_checkpoint,
+    load_adapter_weights,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(EapoError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    schedule: str = "cosine"  # cosine | constant
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+
+
+StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainLoop:
+    def __init__(self, model, settings: LoopSettings, checkpoint_dir: Path,
+                 on_log: Callable[[int, dict[str, Any]], None] | None = None,
+                 extra_state: Any = None, accelerator: Accelerator | None = None,
+                 progress: bool = True, description: str = "train") -> None:
+        """extra_state: an object with state_dict()/load_state_dict() saved with every
+        checkpoint (the beta schedule's running statistics), or None."""
+        if settings.total_steps < 1:
+            raise EapoError(f"training needs at least one step, got {settings.total_steps}")
+        self.model = model
+        self.settings = settings
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.on_log = on_log
+        self.extra_state = extra_state
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.progress = progress
+        self.description = description
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise EapoError("the model has no trainable parameters (is the LoRA adapter on?)")
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr,
+                                           weight_decay=settings.weight_decay)
+        warmup = math.ceil(settings.warmup_ratio * settings.total_steps)
+        if settings.schedule == "cosine":
+            scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup,
+                                                        settings.total_steps)
+        elif settings.schedule == "constant":
+            scheduler = get_constant_schedule_with_warmup(self.optimizer, warmup)
+        else:
+            raise EapoError(f"unknown LR schedule {settings.schedule!r}; use cosine or constant")
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, self.optimizer, scheduler)
+        self.start_step = self._resume()
+
+    def _resume(self) -> int:
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        if checkpoint is None:
+            return 0
+        state = load_trainer_state(checkpoint)
+        load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        if self.extra_state is not None and state["extra"].get("extra") is not None:
+            self.extra_state.load_state_dict(state["extra"]["extra"])
+        log.info("resumed %s from %s (step %d)", self.description, checkpoint, state["step"])
+        return int(state["step"])
+
+    def _checkpoint(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        extra = {"extra": self.extra_state.state_dict() if self.extra_state is not None else None}
+        save_checkpoint(self.checkpoint_dir, step, self.accelerator.unwrap_model(self.model),
+                        self.optimizer, self.scheduler, extra)
+
+    def run(self, step_loss: StepLoss) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        acc = self.accelerator
+        self.model.train()
+        started = time.perf_counter()
+        last_stats: dict[str, float] = {}
+        bar = tqdm(total=s.total_steps, initial=self.start_step, desc=self.description,
+                   disable=not self.progress or not acc.is_main_process, unit="step")
+        for step in range(self.start_step, s.total_steps):
+            sums: dict[str, float] = {}
+            micro_indices = range(acc.process_index, s.grad_accum, acc.num_processes)
+            for micro in micro_indices:
+                loss, stats = step_loss(step, micro)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"{self.description}: loss is {loss.item()} at step {step + 1} "
+                        f"(micro-batch {micro}); last good checkpoint kept in "
+                        f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
+                acc.backward(loss / s.grad_accum)
+                for key, value in {"loss": loss.item(), **stats}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) / len(micro_indices)
+            if s.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+                sums["grad_norm"] = float(grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            sums["lr"] = self.scheduler.get_last_lr()[0]
+            last_stats = sums
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss']:.4f}")
+            if self.on_log is not None and (done % s.log_every == 0 or done == s.total_steps):
+                self.on_log(done, sums)
+            if done % s.checkpoint_every == 0 or done == s.total_steps:
+                self._checkpoint(done)
+        bar.close()
+        self.model.eval()
+        return {"steps": s.total_steps, "resumed_from_step": self.start_step,
+                "train_seconds": round(time.perf_counter() - started, 2),
+                "final": last_stats}

@@ -1,0 +1,70 @@
+"""Supervised fine-tuning (TALLRec-style): next-token loss on the response title only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from eapo_exp.data.prompts import PromptBuilder
+from eapo_exp.data.schema import ItemCatalog
+from eapo_exp.losses.sft import IGNORE_INDEX, response_nll
+from eapo_exp.training.batches import MicroBatchSchedule
+from eapo_exp.training.loop import LoopSettings, TrainLoop
+
+log = logging.getLogger(__name__)
+
+
+def pad_sequences(inputs: list[list[int]], labels: list[list[int]], pad_id: int,
+                  device) -> dict[str, torch.Tensor]:
+    width = max(len(x) for x in inputs)
+    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(inputs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(inputs), width), dtype=torch.long)
+    for row, (x, y) in enumerate(zip(inputs, labels)):
+        ids[row, :len(x)] = torch.tensor(x)
+        lab[row, :len(y)] = torch.tensor(y)
+        mask[row, :len(x)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": lab.to(device)}
+
+
+class SFTBatches:
+    """Builds the tokenized micro-batches of an SFT run from training sample rows."""
+
+    def __init__(self, rows: list[dict], catalog: ItemCatalog, builder: PromptBuilder,
+                 batch_size: int, grad_accum: int, seed: int, pad_id: int) -> None:
+        self.rows = rows
+        self.catalog = catalog
+        self.builder = builder
+        self.grad_accum = grad_accum
+        self.pad_id = pad_id
+        self.schedule = MicroBatchSchedule(len(rows), batch_size, seed)
+
+    def batch(self, step: int, micro: int, device) -> dict[str, torch.Tensor]:
+        inputs, labels = [], []
+        for position, epoch in self.schedule.micro_batch(step * self.grad_accum + micro):
+            example = self.builder.build_sample(self.rows[position], self.catalog, "train",
+                                                sample_key=position, epoch=epoch)
+            inputs.append(example.prompt_ids + example.target_ids)
+            labels.append([IGNORE_INDEX] * len(example.prompt_ids) + example.target_ids)
+        return pad_sequences(inputs, labels, self.pad_id, device)
+
+
+def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir: Path,
+              on_log: Callable | None = None, progress: bool = True) -> dict:
+    """Train the LoRA-wrapped `model` in place; returns loop statistics."""
+    loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
+                     description="sft")
+    device = loop.accelerator.device
+
+    def step_loss(step: int, micro: int):
+        batch = batches.batch(step, micro, device)
+        logits = loop.model(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]).logits
+        loss = response_nll(logits.float(), batch["labels"])
+        return loss, {"response_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}
+
+    return loop.run(step_loss)
