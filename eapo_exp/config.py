@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
@@ -130,6 +130,8 @@ class ExpertConfig:
     # Fraction of training samples the expert sees (paper Fig. 2c: 1.0 / 0.75 / 0.5).
     data_fraction: float = 1.0
     seed: int = 0
+    # False: a job that needs the expert fails at startup unless it is already cached.
+    train_if_missing: bool = True
 
 
 # ---------------------------------------------------------------- backbones
@@ -167,11 +169,11 @@ class HFLoaderConfig:
     _target_: str = "eapo_exp.backbones.HFBackbone"
     name_or_path: str = MISSING
     dtype: str = "auto"
-    device_map: Optional[str] = None
+    device_map: str | None = None
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     max_context: int = 4096
-    attn_implementation: Optional[str] = None
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -179,6 +181,63 @@ class BackboneConfig:
     name: str = MISSING
     loader: Any = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# ---------------------------------------------------------------- losses and beta schedules
+# Each node is itself the `_target_` node; `name` is dropped before instantiation
+# (eapo_exp.build.build_object), so sweeps write `beta_schedule.u_beta=0.5`.
+@dataclass
+class DPOLossConfig:
+    _target_: str = "eapo_exp.losses.DPOLoss"
+    name: str = "dpo"
+
+
+@dataclass
+class SDPOLossConfig:
+    _target_: str = "eapo_exp.losses.SDPOLoss"
+    name: str = "sdpo"
+
+
+@dataclass
+class IPOLossConfig:
+    _target_: str = "eapo_exp.losses.IPOLoss"
+    name: str = "ipo"
+    tau: float = 0.1
+    length_normalize: bool = False
+
+
+@dataclass
+class CPOLossConfig:
+    _target_: str = "eapo_exp.losses.CPOLoss"
+    name: str = "cpo"
+    alpha: float = 1.0
+
+
+@dataclass
+class FixedBetaConfig:
+    _target_: str = "eapo_exp.beta.FixedBeta"
+    name: str = "fixed"
+    beta: float = 0.1
+
+
+@dataclass
+class BetaDPOConfig:
+    _target_: str = "eapo_exp.beta.BetaDPO"
+    name: str = "beta_dpo"
+    beta0: float = 0.1
+    rho: float = 0.2
+    alpha: float = 0.6
+    momentum: float = 0.9
+    seed: int = II("seed")
+
+
+@dataclass
+class ExpertBetaConfig:
+    _target_: str = "eapo_exp.beta.ExpertBeta"
+    name: str = "expert"
+    u_beta: float = 0.75
+    # Not given in the paper; 12.785 puts the lower bound z_c/gamma at ~0.1, DPO's usual beta.
+    gamma: float = 12.785
 
 
 # ---------------------------------------------------------------- prompts, training, evaluation
@@ -211,9 +270,30 @@ class SFTConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    # Rejected completions per prompt, drawn from the sample's non-target candidates.
+    num_rejected: int = 3
+    max_train_samples: int = 512  # 0 = every training sample
+    epochs: int = 1
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 2
+    grad_accum: int = 4
+    lr: float = 1e-4
+    schedule: str = "constant"  # constant (paper B.2.2) | cosine
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 20
+    log_every: int = 5
+    reference_batch_size: int = 4
+    seed: int = II("seed")
+
+
+@dataclass
 class TrainConfig:
     name: str = "default"
     sft: SFTConfig = field(default_factory=SFTConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
 
 @dataclass
@@ -227,7 +307,7 @@ class EvalConfig:
     batch_size: int = 4
     length_normalize: bool = False
     beam_width: int = 5
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
     write_predictions: bool = True
 
 
@@ -237,8 +317,8 @@ class LoggerConfig:
     name: str = "none"
     project: str = "eapo-exp"
     mode: str = "offline"  # online | offline | disabled
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
@@ -279,6 +359,12 @@ def register_configs() -> None:
                                                                   model=CaserConfig()))
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
+    for group, name, node in (("loss", "dpo", DPOLossConfig), ("loss", "sdpo", SDPOLossConfig),
+                              ("loss", "ipo", IPOLossConfig), ("loss", "cpo", CPOLossConfig),
+                              ("beta_schedule", "fixed", FixedBetaConfig),
+                              ("beta_schedule", "beta_dpo", BetaDPOConfig),
+                              ("beta_schedule", "expert", ExpertBetaConfig)):
+        cs.store(group=group, name=f"base_{name}", node=node)
     cs.store(group="eval", name="base_eval", node=EvalConfig)
     cs.store(group="backbone", name="base_smollm2",
              node=BackboneConfig(name="smollm2_135m", loader=SmolLM2LoaderConfig()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.errors import EapoError
+from eapo_exp.methods import method_label, method_name
 from eapo_exp.report.tables import format_metric_table
 from eapo_exp.tracking import RunTracker
 from eapo_exp.validation import validate_config
@@ -79,12 +81,32 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
                               on_log=lambda step, values: tracker.log("sft", step, values))
         metrics["sft"] = sft_info(adapter)
         metrics["timings"]["sft_s"] = round(time.perf_counter() - started, 2)
-        if stage is Stage.sft:
+        metrics["eval"] = {}
+        if stage in (Stage.sft, Stage.all):
             label = "sft" if adapter is not None else "zero_shot"
             started = time.perf_counter()
-            metrics["eval"] = {label: evaluate_adapter(cfg, samples, adapter, out, label)}
-            metrics["timings"]["eval_s"] = round(time.perf_counter() - started, 2)
-            print_tables(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
+            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label)
+            metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
+
+    if stage in (Stage.preference, Stage.all):
+        from eapo_exp.stages.preference_stage import prepare_preference
+
+        label = method_label(cfg.loss.name, cfg.beta_schedule.name)
+        metrics["method"] = method_name(cfg.loss.name, cfg.beta_schedule.name)
+        started = time.perf_counter()
+        artifact = prepare_preference(
+            cfg, samples, cache, adapter, Path(metrics["expert"]["artifact"]),
+            on_log=lambda step, values: tracker.log("preference", step, values))
+        metrics["preference"] = {"artifact": str(artifact),
+                                 **json.loads((artifact / "info.json").read_text())}
+        copy_training_arrays(artifact, out, tracker)
+        metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label)
+        metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
+
+    if metrics.get("eval"):
+        print_tables(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
 
 
@@ -100,6 +122,15 @@ def make_tracker(cfg: DictConfig, out: Path) -> RunTracker:
                       group=cfg.logger.group or choices.get("experiment") or None,
                       job_type=str(Stage(cfg.stage).value), tags=tags,
                       config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def copy_training_arrays(artifact: Path, out: Path, tracker: RunTracker) -> None:
+    """Per-pair beta and log-ratio discrepancy seen in training, for reports and W&B."""
+    for name in ("train_betas.npy", "train_discrepancy.npy"):
+        if (artifact / name).exists():
+            shutil.copy(artifact / name, out / name)
+            tracker.log_histogram("preference", name.removesuffix(".npy"),
+                                  np.load(artifact / name).tolist())
 
 
 def run_job(cfg: DictConfig) -> float | None:

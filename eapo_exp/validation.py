@@ -21,3 +21,15 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"expert.{key} must be > 0, got {ex[key]}")
     if ex.patience < 1:
         raise ConfigError(f"expert.patience must be >= 1, got {ex.patience}")
+
+    from eapo_exp.config import Stage
+
+    stage = Stage(cfg.stage)
+    if stage in (Stage.sft, Stage.preference, Stage.all):
+        from eapo_exp.stages.sft_stage import validate_sft
+
+        validate_sft(cfg.train.sft)
+    if stage in (Stage.preference, Stage.all):
+        from eapo_exp.stages.preference_stage import validate_preference
+
+        validate_preference(cfg)

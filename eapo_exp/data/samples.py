@@ -88,7 +88,7 @@ def build_samples(data: InteractionData, *, item_noun: str = "item", k_core: int
     validate_sample_params(k_core=k_core, history_len=history_len, min_history=min_history,
                            num_negatives=num_negatives, split_ratios=split_ratios)
     inter = data.interactions.reset_index(drop=True)
-    stats: dict = {"raw_interactions": int(len(inter)), "raw_users": int(inter["user"].nunique()),
+    stats: dict = {"raw_interactions": len(inter), "raw_users": int(inter["user"].nunique()),
                    "raw_items": int(inter["item"].nunique())}
     inter, untitled = drop_untitled(inter, data.titles)
     stats.update(untitled)
@@ -156,7 +156,7 @@ def build_samples(data: InteractionData, *, item_noun: str = "item", k_core: int
         splits[name] = to_dataset(cold[name])
 
     stats.update({
-        "users": int(len(user_items)), "items": int(num_items), "interactions": int(n),
+        "users": len(user_items), "items": int(num_items), "interactions": int(n),
         "interactions_per_split": {"train": n_train, "valid": n_valid,
                                    "test": int(n - n_train - n_valid)},
         "samples": {name: len(ds) for name, ds in splits.items()},

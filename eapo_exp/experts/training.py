@@ -219,7 +219,7 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
         epochs_run = epoch
         mean_loss = total_loss / max(num_samples, 1)
         if epoch % eval_every and epoch != max_epochs:

@@ -9,8 +9,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.cache import ArtifactCache
+from eapo_exp.cache import ArtifactCache, fingerprint
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.errors import ConfigError
 from eapo_exp.experts import PopularityRanker
 from eapo_exp.experts.training import evaluate_scorer, load_expert, save_expert, train_expert
 
@@ -21,14 +22,18 @@ EVAL_SPLITS = ("valid", "test", "test_user_cold", "test_item_cold")
 
 
 def expert_spec(expert_cfg: DictConfig, samples: SampleSet) -> dict:
-    return {"format": EXPERT_FORMAT_VERSION, "samples": samples.fingerprint,
-            "expert": OmegaConf.to_container(expert_cfg, resolve=True)}
+    expert = OmegaConf.to_container(expert_cfg, resolve=True)
+    expert.pop("train_if_missing", None)  # how to get it, not what it is
+    return {"format": EXPERT_FORMAT_VERSION, "samples": samples.fingerprint, "expert": expert}
 
 
 def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                    history_len: int) -> tuple[object, Path]:
     """Return the trained expert (eval mode) and its artifact directory."""
     spec = expert_spec(expert_cfg, samples)
+    if not expert_cfg.train_if_missing and not cache.exists("experts", fingerprint(spec)):
+        raise ConfigError(f"expert.train_if_missing=false but no trained {expert_cfg.name} expert "
+                          f"is cached under {cache.path('experts', fingerprint(spec))}")
 
     def build(directory: Path) -> None:
         model = instantiate(expert_cfg.model, num_items=samples.catalog.num_items)

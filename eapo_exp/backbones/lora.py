@@ -1,0 +1,66 @@
+"""LoRA adapters (PEFT) on a backbone: apply, save, load."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from eapo_exp.backbones.base import checkpointing_enabled, count_parameters
+from eapo_exp.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _prepare_for_checkpointing(model) -> None:
+    # With reentrant checkpointing and frozen embeddings, no input of a checkpointed block
+    # requires grad, so the LoRA weights inside it would get none. This hook fixes that.
+    if checkpointing_enabled(model):
+        model.enable_input_require_grads()
+
+
+def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+               target_modules: Sequence[str] | str = DEFAULT_TARGETS):
+    """Wrap `model` in a PEFT LoRA model (task CAUSAL_LM); only the adapters are trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=int(r), lora_alpha=int(alpha), lora_dropout=float(dropout),
+                        target_modules=targets, task_type=TaskType.CAUSAL_LM, bias="none")
+    _prepare_for_checkpointing(model)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(f"cannot apply LoRA to {type(model).__name__} with target_modules="
+                         f"{targets}: {' '.join(str(exc).split())}") from exc
+    trainable, total = count_parameters(peft_model)
+    log.info("LoRA r=%d alpha=%d on %s: %d trainable of %d parameters (%.2f%%)", r, alpha,
+             targets, trainable, total, 100.0 * trainable / max(total, 1))
+    return peft_model
+
+
+def save_adapter(peft_model, path: str | os.PathLike) -> Path:
+    """Write the adapter weights + adapter_config.json to `path` (the base model is not saved)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def load_adapter(model, path: str | os.PathLike, trainable: bool = False):
+    """Put the adapter saved at `path` on `model`; `trainable` keeps its weights trainable."""
+    from peft import PeftModel
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    if trainable:
+        _prepare_for_checkpointing(model)
+    try:
+        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    except Exception as exc:
+        raise ModelError(f"cannot load LoRA adapter {path}: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from exc

@@ -1,0 +1,119 @@
+"""`eapo-report <sweep_dir>`: tables and plots for a whole Hydra sweep (or one run dir).
+
+Writes report.csv (every job × label × split), summary.csv, summary.md and the plots into
+--out (default <sweep_dir>/report/) and prints the markdown summary. --wandb also logs the
+summary tables and plots to a W&B run of job_type "report".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import netrc
+import os
+import sys
+from pathlib import Path
+
+from eapo_exp.report.sweep import REPORT_DIRNAME, build_report, find_job_dirs
+
+PROG = "eapo-report"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Aggregate a Hydra sweep of eapo-exp jobs into tables and plots.")
+    parser.add_argument("sweep_dir", type=Path,
+                        help="multirun dir (e.g. outputs/multirun/<date>) or a single run dir")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output dir (default: <sweep_dir>/{REPORT_DIRNAME}/)")
+    parser.add_argument("--split", default="test",
+                        help="split printed first and plotted (default: test)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the summary and plots to a W&B run (needs an API key, "
+                             "or WANDB_MODE=offline to save it for `wandb sync`)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    return parser.parse_args(argv)
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def log_to_wandb(result: dict, plots: list[Path], sweep_dir: Path) -> str:
+    """Log the summary tables and plots to W&B; returns a one-line status message."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode == "disabled":
+        return "W&B: WANDB_MODE=disabled; skipped"
+    if mode != "offline" and not _has_wandb_key():
+        return ("W&B: no API key (set WANDB_API_KEY or run `wandb login`; or WANDB_MODE="
+                "offline to save the run for `wandb sync`); skipped")
+    try:
+        import wandb
+
+        logger = {}
+        for job in result["jobs"]:
+            logger = job.config.get("logger") or {}
+            if logger:
+                break
+        run = wandb.init(project=logger.get("project") or "eapo-exp",
+                         entity=logger.get("entity"), group=logger.get("group"),
+                         job_type="report", name=f"report:{sweep_dir.name}",
+                         dir=str(result["out_dir"]), mode=mode or None,
+                         config={"sweep_dir": str(sweep_dir)},
+                         settings=wandb.Settings(init_timeout=60))
+        summary = result["summary"]
+        display = summary[[c for c in summary.columns if not c.endswith("_gain")]]
+        payload = {"report/summary": wandb.Table(dataframe=display.astype(str)),
+                   "report/failed_jobs": len(result["problems"])}
+        for path in plots:
+            payload[f"report/{path.stem}"] = wandb.Image(str(path))
+        run.log(payload)
+        offline = getattr(run.settings, "mode", "") == "offline"
+        where = getattr(run.settings, "sync_dir", "") if offline else getattr(run, "url", "")
+        run.finish()
+        if offline:
+            return f"W&B: report saved offline; upload with: wandb sync {where}"
+        return f"W&B: logged the report{f' to {where}' if where else ''}"
+    except Exception as error:  # noqa: BLE001 - W&B must never lose the local report
+        return f"W&B: logging failed ({type(error).__name__}: {error}); skipped"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    sweep_dir: Path = args.sweep_dir
+    if not sweep_dir.exists():
+        return _error(f"{sweep_dir} does not exist")
+    if not sweep_dir.is_dir():
+        return _error(f"{sweep_dir} is not a directory")
+    if not find_job_dirs(sweep_dir):
+        return _error(f"no job directories (with .hydra/ or metrics.json) under {sweep_dir}")
+    result = build_report(sweep_dir, args.out, split=args.split)
+    plots: list[Path] = []
+    if not args.no_plots:
+        from eapo_exp.report.plots import make_plots
+
+        plots = make_plots(sweep_dir, result["out_dir"], split=args.split,
+                           jobs=result["jobs"], df=result["df"])
+    print(result["markdown"])
+    print()
+    print(f"wrote {len(result['files']) + len(plots)} file(s) to {result['out_dir']}:")
+    for path in [*result["files"], *plots]:
+        print(f"  {path.name}")
+    if args.wandb:
+        print(log_to_wandb(result, plots, sweep_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

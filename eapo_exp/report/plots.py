@@ -1,0 +1,316 @@
+"""Sweep plots (matplotlib, Agg): metric vs U_β, metric vs expert data fraction, reward
+margins over training (paper Fig. 2b/5), reward-discrepancy distributions (Fig. 1b/3) and
+expert β histograms. Each plot is drawn only when its data exists."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Figure objects render with the Agg canvas without pyplot, so importing this module
+# never switches the backend of the calling process (e.g. a notebook).
+from matplotlib.figure import Figure
+
+from eapo_exp.report.sweep import (
+    GAIN_PAIRS,
+    JobRecord,
+    _method_rank,
+    _missing,
+    _scoped,
+    axis_columns,
+    expert_display,
+    rows_from_jobs,
+    scan_jobs,
+)
+
+log = logging.getLogger(__name__)
+
+DPI = 100
+PLOT_METRICS = (("hr@1", "HR@1"), ("ndcg@5", "NDCG@5"))
+AXIS_LABELS = {"beta_schedule.u_beta": "U_β (upper bound of the expert β)",
+               "expert.data_fraction": "expert training-data fraction"}
+AXIS_TITLES = {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "expert data fraction"}
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
+    fig = Figure(figsize=(width * ncols, height))
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _group_label(method: str, axes: dict) -> str:
+    extra = ", ".join(f"{_short(k)}={v}" for k, v in axes.items()
+                      if not _missing(v) and expert_display(v) != method)
+    return f"{method} ({extra})" if extra else method
+
+
+def _short(axis: str) -> str:
+    return {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "data"}.get(
+        axis, axis.rsplit(".", 1)[-1])
+
+
+def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path,
+                        split: str = "test") -> Path | None:
+    """Mean ± std (over seeds) of HR@1 and NDCG@5 against a swept numeric axis.
+
+    One line per method (and per value of any other swept axis). The base method of an
+    expert-guided variant (e.g. DPO for EAPO), when present without the axis, is drawn as
+    a dashed horizontal line.
+    """
+    if axis not in df.columns or df.empty:
+        return None
+    axes = axis_columns(df)
+    if axis not in axes:
+        return None
+    part = _scoped(df[df["split"] == split], axes)
+    if part.empty:
+        return None
+    part = part.copy()
+    part[axis] = pd.to_numeric(part[axis], errors="coerce")
+    others = [a for a in axes if a != axis]
+    for other in others:
+        part[other] = part[other].map(lambda v: "" if _missing(v) else str(v))
+    on_axis = part[part[axis].notna()]
+    if on_axis[axis].nunique() < 2:
+        return None
+    metrics = [(m, name) for m, name in PLOT_METRICS if m in part and part[m].notna().any()]
+    if not metrics:
+        return None
+    fig, panels = _figure(len(metrics), 5.2, 3.8)
+    keys = ["method", *others]
+    groups = sorted(on_axis.groupby(keys, sort=False), key=lambda kv: _method_rank(
+        kv[0][0] if isinstance(kv[0], tuple) else kv[0]))
+    flat = part[part[axis].isna()]
+    bases = {GAIN_PAIRS[m] for m in on_axis["method"].unique() if m in GAIN_PAIRS}
+    for panel, (metric, name) in zip(panels, metrics, strict=True):
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            per_seed = group.groupby([axis, "seed"], dropna=False)[metric].mean().reset_index()
+            stats = per_seed.groupby(axis)[metric].agg(["mean", "std", "count"]).sort_index()
+            err = stats["std"].where(stats["count"] >= 2, 0.0).fillna(0.0)
+            label = _group_label(key[0], dict(zip(others, key[1:], strict=True)))
+            panel.errorbar(stats.index, stats["mean"], yerr=err, marker="o", capsize=3,
+                           label=label)
+        for base in sorted(bases, key=_method_rank):
+            values = flat.loc[flat["method"] == base]
+            if values.empty:
+                continue
+            mean = values.groupby("seed")[metric].mean().mean()
+            panel.axhline(mean, linestyle="--", color="grey", linewidth=1,
+                          label=f"{base} (no {_short(axis)})")
+        panel.set_xlabel(AXIS_LABELS.get(axis, axis))
+        panel.set_ylabel(name)
+        panel.set_title(f"{name} vs {AXIS_TITLES.get(axis, axis)} ({split})")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=8)
+    fig.suptitle("mean ± std over seeds", fontsize=9)
+    return _save(fig, out_path)
+
+
+def _job_groups(jobs: list[JobRecord], df: pd.DataFrame) -> dict[str, str]:
+    """job -> legend label (its preference method plus the swept axes relevant to it)."""
+    if df.empty:
+        return {job.job: job.method for job in jobs if job.ok and job.method}
+    axes = axis_columns(df)
+    rows = _scoped(df[df["kind"] == "preference"], axes).drop_duplicates("job")
+    labels = {}
+    for _, row in rows.iterrows():
+        labels[row["job"]] = _group_label(row["method"], {a: row[a] for a in axes})
+    for job in jobs:
+        if job.ok and job.job not in labels and job.method:
+            labels[job.job] = job.method
+    return labels
+
+
+def _sorted_groups(groups: dict) -> list:
+    return sorted(groups.items(), key=lambda kv: (_method_rank(kv[0].split(" (")[0]), kv[0]))
+
+
+def read_history(path: Path, phase: str = "preference") -> pd.DataFrame:
+    rows = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("phase") == phase:
+                    rows.append(record)
+    except OSError:
+        return pd.DataFrame()
+    return pd.DataFrame(rows)
+
+
+def plot_reward_margins(jobs: list[JobRecord], labels: dict[str, str], out_path: Path,
+                        key: str = "rewards/margins") -> Path | None:
+    """Reward margin (chosen − rejected) over preference-training steps, mean over seeds."""
+    curves: dict[str, list[pd.Series]] = defaultdict(list)
+    for job in jobs:
+        if job.job not in labels or not (job.path / "history.jsonl").is_file():
+            continue
+        history = read_history(job.path / "history.jsonl")
+        if history.empty or key not in history or "step" not in history:
+            continue
+        series = history.dropna(subset=[key]).groupby("step")[key].mean()
+        if not series.empty:
+            curves[labels[job.job]].append(series)
+    if not curves:
+        return None
+    fig, (ax,) = _figure()
+    for label, series in _sorted_groups(curves):
+        table = pd.concat(series, axis=1)
+        mean = table.mean(axis=1)
+        ax.plot(mean.index, mean.values, label=f"{label} [{len(series)} run(s)]")
+        if len(series) >= 2:
+            std = table.std(axis=1, ddof=1).fillna(0.0)
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("preference training step")
+    ax.set_ylabel("reward margin (chosen − rejected)")
+    ax.set_title("Reward margin during preference training (mean ± std over seeds)")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+def _load_array(path: Path) -> np.ndarray | None:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    return values if values.size else None
+
+
+def _discrepancy_values(job: JobRecord) -> np.ndarray | None:
+    values = _load_array(job.path / "reward_discrepancy.npy")
+    if values is not None:
+        return values
+    for block in ((job.metrics or {}).get("analysis") or {}).values():
+        found = (block or {}).get("reward_discrepancy") if isinstance(block, dict) else None
+        if isinstance(found, dict) and isinstance(found.get("values"), list) and found["values"]:
+            array = np.asarray([v for v in found["values"] if isinstance(v, (int, float))],
+                               dtype=float)
+            if array.size:
+                return array
+    return None
+
+
+def _plot_histograms(groups: dict[str, list[np.ndarray]], out_path: Path, title: str,
+                     xlabel: str, zero_line: bool = False) -> Path | None:
+    if not groups:
+        return None
+    pooled = {label: np.concatenate(arrays) for label, arrays in groups.items()}
+    everything = np.concatenate(list(pooled.values()))
+    low, high = float(everything.min()), float(everything.max())
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, 41)
+    fig, (ax,) = _figure()
+    for label, values in _sorted_groups(pooled):
+        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5,
+                label=f"{label} (mean {values.mean():.3f}, n={values.size})")
+    if zero_line and low < 0 < high:
+        ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+def plot_reward_discrepancy(jobs: list[JobRecord], labels: dict[str, str],
+                            out_path: Path) -> Path | None:
+    """Overlaid histograms of the chosen − rejected reward per training pair, per method.
+
+    Uses the post-training values (reward_discrepancy.npy, else metrics.json analysis
+    values); when no job has them, the values logged during training
+    (train_discrepancy.npy), with the title saying so.
+    """
+    groups: dict[str, list[np.ndarray]] = defaultdict(list)
+    for job in jobs:
+        if job.job in labels:
+            values = _discrepancy_values(job)
+            if values is not None:
+                groups[labels[job.job]].append(values)
+    title = "Reward discrepancy (chosen − rejected) after preference training"
+    if not groups:
+        for job in jobs:
+            if job.job in labels:
+                values = _load_array(job.path / "train_discrepancy.npy")
+                if values is not None:
+                    groups[labels[job.job]].append(values)
+        title = "Reward discrepancy (chosen − rejected) during preference training"
+    return _plot_histograms(groups, out_path, title, "reward discrepancy per training pair",
+                            zero_line=True)
+
+
+def plot_expert_betas(jobs: list[JobRecord], labels: dict[str, str],
+                      out_path: Path) -> Path | None:
+    """Histogram of the per-pair β (betas.npy or train_betas.npy), per method."""
+    groups: dict[str, list[np.ndarray]] = defaultdict(list)
+    for job in jobs:
+        if job.job in labels:
+            values = _load_array(job.path / "betas.npy")
+            if values is None:
+                values = _load_array(job.path / "train_betas.npy")
+            if values is not None:
+                groups[labels[job.job]].append(values)
+    return _plot_histograms(groups, out_path, "β per training pair", "β")
+
+
+def make_plots(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str = "test",
+               jobs: list[JobRecord] | None = None,
+               df: pd.DataFrame | None = None) -> list[Path]:
+    """Write every plot whose data exists into out_dir; returns the files written.
+
+    `jobs`/`df` (from scan_jobs / rows_from_jobs) skip re-reading the sweep when given.
+    """
+    out = Path(out_dir)
+    if jobs is None:
+        jobs = scan_jobs(sweep_dir)
+    if df is None:
+        df, _ = rows_from_jobs(jobs)
+    jobs = [job for job in jobs if job.ok]
+    written: list[Path] = []
+    steps = [
+        lambda: plot_metric_vs_axis(df, "beta_schedule.u_beta",
+                                    out / f"metric_vs_u_beta_{split}.png", split),
+        lambda: plot_metric_vs_axis(df, "expert.data_fraction",
+                                    out / f"metric_vs_data_fraction_{split}.png", split),
+    ]
+    labels = _job_groups(jobs, df)
+    steps += [
+        lambda: plot_reward_margins(jobs, labels, out / "reward_margins.png"),
+        lambda: plot_reward_discrepancy(jobs, labels, out / "reward_discrepancy.png"),
+        lambda: plot_expert_betas(jobs, labels, out / "expert_betas.png"),
+    ]
+    for step in steps:
+        try:
+            path = step()
+        except Exception as error:  # noqa: BLE001 - one bad plot must not lose the others
+            log.warning("plot failed: %s: %s", type(error).__name__, error)
+            continue
+        if path is not None:
+            written.append(path)
+    return written

@@ -1,0 +1,160 @@
+"""Stage `preference`: cached reference log-probs and expert scores, then preference
+optimisation (loss x beta schedule) starting from the SFT adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eapo_exp.backbones.lora import apply_lora, load_adapter, save_adapter
+from eapo_exp.build import build_object
+from eapo_exp.cache import ArtifactCache
+from eapo_exp.data.schema import SampleSet
+from eapo_exp.errors import ConfigError
+from eapo_exp.experts.training import load_expert, score_candidates
+from eapo_exp.stages.llm import backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.training.batches import subset_indices
+from eapo_exp.training.loop import LoopSettings
+from eapo_exp.training.preference import PreferenceBatches, PreferenceStep, train_preference
+from eapo_exp.training.preference_data import compute_logps, make_examples
+
+log = logging.getLogger(__name__)
+
+PREFERENCE_FORMAT_VERSION = 1
+
+
+def validate_preference(cfg: DictConfig) -> None:
+    pcfg = cfg.train.preference
+    if not 1 <= pcfg.num_rejected <= cfg.dataset.num_negatives:
+        raise ConfigError(f"train.preference.num_rejected must be in [1, dataset.num_negatives="
+                          f"{cfg.dataset.num_negatives}], got {pcfg.num_rejected}")
+    for key in ("batch_size", "grad_accum", "lr", "checkpoint_every", "log_every",
+                "reference_batch_size"):
+        if pcfg[key] <= 0:
+            raise ConfigError(f"train.preference.{key} must be > 0, got {pcfg[key]}")
+    if pcfg.max_steps <= 0 and pcfg.epochs <= 0:
+        raise ConfigError("train.preference needs epochs > 0 or max_steps > 0")
+    build_object(cfg.loss)  # constructors validate their own values (beta > 0, tau > 0, ...)
+    build_object(cfg.beta_schedule)
+
+
+def examples_spec(cfg: DictConfig, samples: SampleSet) -> dict:
+    pcfg = cfg.train.preference
+    return {"samples": samples.fingerprint, "num_rejected": pcfg.num_rejected,
+            "max_train_samples": pcfg.max_train_samples,
+            "subset_seed": cfg.dataset.sample_seed}
+
+
+def load_examples(cfg: DictConfig, samples: SampleSet):
+    pcfg = cfg.train.preference
+    train = samples.split("train")
+    rows = subset_indices(len(train), pcfg.max_train_samples, cfg.dataset.sample_seed)
+    return make_examples([dict(r) for r in train.select(rows)], rows, pcfg.num_rejected,
+                         cfg.dataset.sample_seed)
+
+
+def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                    sft_adapter: Path | None, examples) -> dict[str, torch.Tensor]:
+    spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
+            "reference": str(sft_adapter.parent.name) if sft_adapter else "base",
+            "backbone": backbone_spec(cfg.backbone),
+            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True)}
+
+    def build(directory: Path) -> None:
+        loaded = load_backbone(cfg.backbone, samples)
+        model = load_adapter(loaded.model, sft_adapter) if sft_adapter else loaded.model
+        builder = make_prompt_builder(cfg.prompt, loaded, samples)
+        tensors = compute_logps(model, builder, samples.catalog, examples,
+                                cfg.train.preference.reference_batch_size,
+                                loaded.tokenizer.pad_token_id)
+        torch.save(tensors, directory / "reference.pt")
+
+    path = cache.get_or_build("reference_logps", spec, build)
+    return torch.load(path / "reference.pt", weights_only=True)
+
+
+def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, expert_dir: Path,
+                  examples) -> torch.Tensor:
+    spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
+            "expert": expert_dir.name}
+
+    def build(directory: Path) -> None:
+        expert = load_expert(expert_dir)
+        scores = score_candidates(expert, [e.sample["history"] for e in examples],
+                                  [e.items for e in examples], cfg.dataset.history_len)
+        torch.save(torch.as_tensor(np.asarray(scores), dtype=torch.float32),
+                   directory / "scores.pt")
+
+    path = cache.get_or_build("expert_scores", spec, build)
+    return torch.load(path / "scores.pt", weights_only=True)
+
+
+def preference_spec(cfg: DictConfig, samples: SampleSet, sft_adapter: Path | None,
+                    expert_dir: Path | None) -> dict:
+    return {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
+            "sft": str(sft_adapter.parent.name) if sft_adapter else "none",
+            "expert": expert_dir.name if expert_dir else "none",
+            "backbone": backbone_spec(cfg.backbone),
+            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+            "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+            "beta_schedule": OmegaConf.to_container(cfg.beta_schedule, resolve=True),
+            "train": OmegaConf.to_container(cfg.train.preference, resolve=True)}
+
+
+def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                       sft_adapter: Path | None, expert_dir: Path | None,
+                       on_log=None) -> Path:
+    """Directory of the trained preference artifact (adapter/, info.json, betas.npy, ...)."""
+    validate_preference(cfg)
+    pcfg = cfg.train.preference
+    loss = build_object(cfg.loss)
+    schedule = build_object(cfg.beta_schedule)
+    if schedule.needs_expert_scores and expert_dir is None:
+        raise ConfigError(f"beta_schedule={cfg.beta_schedule.name} needs a trained expert")
+    spec = preference_spec(cfg, samples, sft_adapter, expert_dir)
+    work = cache.work_dir("preference", spec)
+
+    def build(directory: Path) -> None:
+        examples = load_examples(cfg, samples)
+        reference = (None if loss.reference_free
+                     else reference_logps(cfg, samples, cache, sft_adapter, examples))
+        scores = (expert_scores(cfg, samples, cache, expert_dir, examples)
+                  if expert_dir is not None else None)
+        loaded = load_backbone(cfg.backbone, samples)
+        lora = cfg.backbone.lora
+        model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
+                 else apply_lora(loaded.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules)))
+        builder = make_prompt_builder(cfg.prompt, loaded, samples)
+        batches = PreferenceBatches(examples, builder, samples.catalog, reference,
+                                    scores if schedule.needs_expert_scores else None,
+                                    pcfg.batch_size, pcfg.grad_accum, pcfg.seed)
+        step = PreferenceStep(model, batches, loss, schedule, loaded.tokenizer.pad_token_id)
+        total = (pcfg.max_steps if pcfg.max_steps > 0
+                 else batches.schedule.steps_for(pcfg.epochs, pcfg.grad_accum))
+        settings = LoopSettings(total_steps=total, grad_accum=pcfg.grad_accum, lr=pcfg.lr,
+                                weight_decay=pcfg.weight_decay, warmup_ratio=pcfg.warmup_ratio,
+                                schedule=pcfg.schedule, max_grad_norm=pcfg.max_grad_norm,
+                                checkpoint_every=pcfg.checkpoint_every,
+                                log_every=pcfg.log_every)
+        log.info("preference (%s x %s): %d prompts x %d rejected, %d steps of %d x %d",
+                 cfg.loss.name, cfg.beta_schedule.name, len(examples), pcfg.num_rejected,
+                 total, pcfg.batch_size, pcfg.grad_accum)
+        info = train_preference(model, step, settings, work / "checkpoints", on_log=on_log)
+        save_adapter(model, directory / "adapter")
+        if step.pair_betas:  # pairs seen in this process (a resumed run: since the resume)
+            np.save(directory / "train_betas.npy", torch.cat(step.pair_betas).numpy())
+            np.save(directory / "train_discrepancy.npy",
+                    torch.cat(step.pair_discrepancies).numpy())
+        info.update({"examples": len(examples), "num_rejected": pcfg.num_rejected})
+        (directory / "info.json").write_text(json.dumps(info, indent=2, default=float))
+
+    path = cache.get_or_build("preference", spec, build)
+    shutil.rmtree(work, ignore_errors=True)
+    return path

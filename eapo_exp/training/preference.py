@@ -1,0 +1,93 @@
+"""Preference optimisation step: one shared-prompt forward over [chosen] + K rejected,
+cached reference log-probs and expert scores, a beta schedule and a preference loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from eapo_exp.beta.base import BetaInputs, BetaSchedule
+from eapo_exp.data.prompts import PromptBuilder
+from eapo_exp.data.schema import ItemCatalog
+from eapo_exp.losses.base import PreferenceLogps, PreferenceLoss
+from eapo_exp.training.batches import MicroBatchSchedule
+from eapo_exp.training.loop import LoopSettings, TrainLoop
+from eapo_exp.training.preference_data import PreferenceExample, tokenize_example
+from eapo_exp.training.shared_prefix import completion_logprobs
+
+log = logging.getLogger(__name__)
+
+
+class PreferenceBatches:
+    """Micro-batches of preference examples with their cached reference and expert tensors."""
+
+    def __init__(self, examples: list[PreferenceExample], builder: PromptBuilder,
+                 catalog: ItemCatalog, reference: dict[str, torch.Tensor] | None,
+                 expert_scores: torch.Tensor | None, batch_size: int, grad_accum: int,
+                 seed: int) -> None:
+        self.examples = examples
+        self.builder = builder
+        self.catalog = catalog
+        self.reference = reference
+        self.expert_scores = expert_scores
+        self.grad_accum = grad_accum
+        self.schedule = MicroBatchSchedule(len(examples), batch_size, seed)
+        self._tokens: dict[int, tuple[list[int], list[list[int]]]] = {}
+
+    def tokens(self, index: int) -> tuple[list[int], list[list[int]]]:
+        if index not in self._tokens:
+            self._tokens[index] = tokenize_example(self.builder, self.catalog,
+                                                   self.examples[index])
+        return self._tokens[index]
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        return [pos for pos, _ in self.schedule.micro_batch(step * self.grad_accum + micro)]
+
+
+class PreferenceStep:
+    """Computes the loss of one micro-batch; records per-pair beta and discrepancies."""
+
+    def __init__(self, model, batches: PreferenceBatches, loss: PreferenceLoss,
+                 schedule: BetaSchedule, pad_id: int) -> None:
+        self.model = model
+        self.batches = batches
+        self.loss = loss
+        self.schedule = schedule
+        self.pad_id = pad_id
+        self.pair_betas: list[torch.Tensor] = []
+        self.pair_discrepancies: list[torch.Tensor] = []
+
+    def __call__(self, step: int, micro: int):
+        b = self.batches
+        idx = b.indices(step, micro)
+        prompts, completions = zip(*(b.tokens(i) for i in idx))
+        device = next(self.model.parameters()).device
+        out = completion_logprobs(self.model, list(prompts), list(completions), self.pad_id)
+        policy = out.logprobs.float()
+        counts = out.counts.to(device)
+        ref = (b.reference["logps"][idx].to(device) if b.reference is not None else None)
+        logps = PreferenceLogps(
+            policy_chosen=policy[:, 0], policy_rejected=policy[:, 1:],
+            ref_chosen=ref[:, 0] if ref is not None else None,
+            ref_rejected=ref[:, 1:] if ref is not None else None,
+            chosen_lengths=counts[:, 0].float(), rejected_lengths=counts[:, 1:].float())
+        scores = b.expert_scores[idx].to(device) if b.expert_scores is not None else None
+        beta = self.schedule(BetaInputs(
+            logps=logps, expert_chosen=scores[:, 0] if scores is not None else None,
+            expert_rejected=scores[:, 1:] if scores is not None else None))
+        result = self.loss(self.schedule.restrict(logps), beta)
+        mask = result.rejected_mask
+        self.pair_betas.append(result.beta[mask].cpu())
+        self.pair_discrepancies.append(result.logratio_discrepancy[mask].cpu())
+        return result.loss, result.stats()
+
+
+def train_preference(model, step: PreferenceStep, settings: LoopSettings, checkpoint_dir: Path,
+                     on_log: Callable | None = None, progress: bool = True) -> dict:
+    loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
+                     extra_state=step.schedule, description="preference")
+    step.model = loop.model
+    return loop.run(step)

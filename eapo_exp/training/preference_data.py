@@ -1,0 +1,81 @@
+"""Preference pairs and the per-sample tensors cached before training.
+
+For each training sample: chosen = the target, K rejected = K of its non-target
+candidates drawn with a generator seeded by (seed, row index), so the same sample always
+gets the same rejected items and caches stay valid. The prompt uses the sample's epoch-0
+template, fixed for the whole preference stage (cached reference log-probs depend on it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from eapo_exp.data.prompts import PromptBuilder, PromptExample
+from eapo_exp.data.schema import ItemCatalog
+from eapo_exp.errors import ConfigError
+from eapo_exp.training.shared_prefix import completion_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreferenceExample:
+    row: int  # index into the training split
+    sample: dict  # the training sample (history, target, candidates, ...)
+    rejected: list[int]
+
+    @property
+    def chosen(self) -> int:
+        return int(self.sample["target"])
+
+    @property
+    def items(self) -> list[int]:
+        """[chosen] + rejected item ids, the order of every cached [N, K + 1] tensor."""
+        return [self.chosen, *self.rejected]
+
+
+def draw_rejected(candidates: list[int], target: int, k: int, seed: int, row: int) -> list[int]:
+    negatives = [c for c in candidates if c != target]
+    if k > len(negatives):
+        raise ConfigError(f"train.preference.num_rejected={k} exceeds the {len(negatives)} "
+                          "non-target candidates of a sample (dataset.num_negatives)")
+    picks = np.random.default_rng([seed, row]).choice(len(negatives), size=k, replace=False)
+    return [int(negatives[i]) for i in picks]
+
+
+def make_examples(train_rows: list[dict], rows: list[int], k: int,
+                  seed: int) -> list[PreferenceExample]:
+    return [PreferenceExample(row=r, sample=x,
+                              rejected=draw_rejected(list(x["candidates"]), int(x["target"]), k,
+                                                     seed, r))
+            for r, x in zip(rows, train_rows)]
+
+
+def tokenize_example(builder: PromptBuilder, catalog: ItemCatalog,
+                     example: PreferenceExample) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids (history + the sample's full candidate list, its epoch-0 template) and the
+    completion ids of [chosen] + rejected, each title + EOS."""
+    built: PromptExample = builder.build_sample(example.sample, catalog, "train",
+                                                sample_key=example.row, epoch=0)
+    return built.prompt_ids, [builder.title_ids(catalog.title(i)) for i in example.items]
+
+
+@torch.no_grad()
+def compute_logps(model, builder: PromptBuilder, catalog: ItemCatalog,
+                  examples: list[PreferenceExample], batch_size: int, pad_id: int,
+                  description: str = "reference log-probs") -> dict[str, torch.Tensor]:
+    """Summed log-probs [N, K + 1] and token counts of every example's completions."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    logps, counts = [], []
+    for start in tqdm(range(0, len(examples), batch_size), desc=description, unit="batch"):
+        chunk = [tokenize_example(builder, catalog, e) for e in examples[start:start + batch_size]]
+        out = completion_logprobs(model, [p for p, _ in chunk], [c for _, c in chunk], pad_id)
+        logps.append(out.logprobs.float().cpu())
+        counts.append(out.counts.cpu())
+    return {"logps": torch.cat(logps), "counts": torch.cat(counts)}
