@@ -19,18 +19,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from eapo_exp import methods
+
 CORE_METRICS = ("hr@1", "hr@5", "ndcg@5")
 BASE_COLUMNS = ("job", "method", "label", "kind", "seed", "split")
 SPLIT_ORDER = ("test", "valid", "test_user_cold", "test_item_cold")
 REPORT_DIRNAME = "report"
 
-LOSS_NAMES = {"dpo": "DPO", "sdpo": "S-DPO", "ipo": "IPO", "cpo": "CPO"}
-METHOD_NAMES = {
-    ("dpo", "fixed"): "DPO", ("dpo", "beta_dpo"): "β-DPO", ("dpo", "expert"): "EAPO",
-    ("sdpo", "fixed"): "S-DPO", ("sdpo", "expert"): "EA-SDPO",
-    ("ipo", "fixed"): "IPO", ("ipo", "expert"): "EA-IPO",
-    ("cpo", "fixed"): "CPO", ("cpo", "expert"): "EA-CPO",
-}
 # Lower-cased eval labels a preference job may use, when the job's own name can't be used.
 LABEL_NAMES = {"sft": "SFT", "zero_shot": "Zero-shot", "dpo": "DPO", "beta_dpo": "β-DPO",
                "eapo": "EAPO", "sdpo": "S-DPO", "ea_sdpo": "EA-SDPO", "ea-sdpo": "EA-SDPO",
@@ -105,18 +100,10 @@ class JobRecord:
 
 
 def method_name(loss: str | None, schedule: str | None) -> str | None:
-    """Display name of a loss × β-schedule pair (dpo+expert -> EAPO)."""
+    """Display name of a loss × β-schedule pair (dpo+expert -> EAPO); None without a loss."""
     if not loss:
         return None
-    loss, schedule = str(loss), str(schedule or "fixed")
-    if (loss, schedule) in METHOD_NAMES:
-        return METHOD_NAMES[(loss, schedule)]
-    base = LOSS_NAMES.get(loss, loss.upper())
-    if schedule == "expert":
-        return f"EA-{base.replace('-', '')}"
-    if schedule == "beta_dpo":
-        return f"β-{base}"
-    return base if schedule == "fixed" else f"{base}+{schedule}"  # as eapo_exp.methods
+    return methods.method_name(str(loss), str(schedule or "fixed"))
 
 
 def expert_display(name: str | None) -> str:
