@@ -286,6 +286,8 @@ class PreferenceConfig:
     checkpoint_every: int = 20
     log_every: int = 5
     reference_batch_size: int = 4
+    # Training prompts whose final reward discrepancy is measured after training.
+    analysis_samples: int = 128
     seed: int = II("seed")
 
 
@@ -309,6 +311,8 @@ class EvalConfig:
     beam_width: int = 5
     max_new_tokens: int | None = None
     write_predictions: bool = True
+    # High-preference negatives = the expert's top-k non-target candidates (error analysis).
+    high_preference_k: int = 3
 
 
 # ---------------------------------------------------------------- logger

@@ -85,7 +85,8 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
         if stage in (Stage.sft, Stage.all):
             label = "sft" if adapter is not None else "zero_shot"
             started = time.perf_counter()
-            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label)
+            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label,
+                                                      expert_model(metrics))
             metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if stage in (Stage.preference, Stage.all):
@@ -102,10 +103,12 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
         copy_training_arrays(artifact, out, tracker)
         metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label)
+        metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label,
+                                                  expert_model(metrics))
         metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if metrics.get("eval"):
+        metrics["analysis"] = collect_analysis(metrics["eval"], out)
         print_tables(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
 
@@ -124,9 +127,33 @@ def make_tracker(cfg: DictConfig, out: Path) -> RunTracker:
                       config=OmegaConf.to_container(cfg, resolve=True))
 
 
+def expert_model(metrics: dict):
+    """The job's trained expert (for the error analysis), or None when no expert stage ran."""
+    if "expert" not in metrics:
+        return None
+    from eapo_exp.experts.training import load_expert
+
+    return load_expert(metrics["expert"]["artifact"])
+
+
+def collect_analysis(evaluations: dict, out: Path) -> dict:
+    """Test-split error analysis per label, plus the reward discrepancy after training."""
+    analysis = {}
+    for label, splits in evaluations.items():
+        entry = dict(splits.get("test", {}).get("analysis", {}))
+        analysis[label] = entry
+    if (out / "reward_discrepancy.npy").exists():
+        values = np.load(out / "reward_discrepancy.npy")
+        label = next(reversed(evaluations))  # the preference method is evaluated last
+        analysis[label]["reward_discrepancy"] = {
+            "mean": float(values.mean()), "std": float(values.std()),
+            "share_positive": float((values > 0).mean()), "pairs": int(values.size)}
+    return analysis
+
+
 def copy_training_arrays(artifact: Path, out: Path, tracker: RunTracker) -> None:
     """Per-pair beta and log-ratio discrepancy seen in training, for reports and W&B."""
-    for name in ("train_betas.npy", "train_discrepancy.npy"):
+    for name in ("train_betas.npy", "train_discrepancy.npy", "reward_discrepancy.npy"):
         if (artifact / name).exists():
             shutil.copy(artifact / name, out / name)
             tracker.log_histogram("preference", name.removesuffix(".npy"),

@@ -11,7 +11,9 @@ from omegaconf import DictConfig
 from eapo_exp.backbones.lora import load_adapter
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.errors import ConfigError
+from eapo_exp.evaluation.analysis import error_analysis
 from eapo_exp.evaluation.ranking import rank_candidates
+from eapo_exp.experts.training import score_candidates
 from eapo_exp.stages.llm import load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
 
@@ -27,7 +29,9 @@ def evaluation_rows(samples: SampleSet, split: str, eval_cfg: DictConfig):
 
 
 def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out_dir: Path,
-                   label: str) -> dict:
+                   label: str, expert=None, history_len: int = 10) -> dict:
+    """Metrics per split; with an expert, also the error analysis of each split under
+    results[split]["analysis"]."""
     results = {}
     for split in eval_cfg.splits:
         rows = evaluation_rows(samples, split, eval_cfg)
@@ -41,6 +45,10 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
             batch_size=eval_cfg.batch_size, length_normalize=eval_cfg.length_normalize,
             beam_width=eval_cfg.beam_width, max_new_tokens=eval_cfg.max_new_tokens, split=split)
         results[split] = metrics
+        if expert is not None:
+            scores = score_candidates(expert, rows["history"], rows["candidates"], history_len)
+            metrics["analysis"] = error_analysis(predictions, list(rows), scores,
+                                                 k=eval_cfg.high_preference_k)
         if eval_cfg.write_predictions:
             path = out_dir / f"predictions_{label}_{split}.jsonl"
             with open(path, "w") as handle:
@@ -49,8 +57,9 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
 
 
 def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, out_dir: Path,
-                     label: str) -> dict:
+                     label: str, expert=None) -> dict:
     loaded = load_backbone(cfg.backbone, samples)
     model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
     builder = make_prompt_builder(cfg.prompt, loaded, samples)
-    return evaluate_model(model, builder, samples, cfg.eval, out_dir, label)
+    return evaluate_model(model, builder, samples, cfg.eval, out_dir, label, expert,
+                          cfg.dataset.history_len)

@@ -95,6 +95,17 @@ def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, exp
     return torch.load(path / "scores.pt", weights_only=True)
 
 
+def final_discrepancy(model, builder, samples: SampleSet, examples, reference, pcfg,
+                      pad_id: int) -> np.ndarray:
+    """Chosen-minus-rejected log-ratio (r_w - r_l, no beta) of every training pair of the
+    first `analysis_samples` examples under the trained policy (paper Fig. 1b, 3)."""
+    count = min(len(examples), pcfg.analysis_samples)
+    final = compute_logps(model, builder, samples.catalog, examples[:count],
+                          pcfg.reference_batch_size, pad_id, "reward discrepancy")["logps"]
+    ratios = final - reference["logps"][:count] if reference is not None else final
+    return (ratios[:, :1] - ratios[:, 1:]).flatten().numpy()
+
+
 def preference_spec(cfg: DictConfig, samples: SampleSet, sft_adapter: Path | None,
                     expert_dir: Path | None) -> dict:
     return {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
@@ -148,6 +159,9 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
                  total, pcfg.batch_size, pcfg.grad_accum)
         info = train_preference(model, step, settings, work / "checkpoints", on_log=on_log)
         save_adapter(model, directory / "adapter")
+        np.save(directory / "reward_discrepancy.npy",
+                final_discrepancy(model, builder, samples, examples, reference, pcfg,
+                                  loaded.tokenizer.pad_token_id))
         if step.pair_betas:  # pairs seen in this process (a resumed run: since the resume)
             np.save(directory / "train_betas.npy", torch.cat(step.pair_betas).numpy())
             np.save(directory / "train_discrepancy.npy",
