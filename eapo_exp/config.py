@@ -126,6 +126,8 @@ class ExpertConfig:
     batch_size: int = 256
     max_epochs: int = 30
     patience: int = 3
+    # Early stopping counts an epoch as better only when valid NDCG@5 rises by > min_delta.
+    min_delta: float = 1e-3
     weight_decay: float = 0.0
     # Fraction of training samples the expert sees (paper Fig. 2c: 1.0 / 0.75 / 0.5).
     data_fraction: float = 1.0
@@ -142,6 +144,7 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 @dataclass

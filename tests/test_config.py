@@ -1,23 +1,13 @@
 """Every option in conf/ composes; bad keys, types and ranges fail at startup."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from eapo_exp.config import register_configs
 from eapo_exp.errors import ConfigError
 from eapo_exp.validation import validate_config
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-register_configs()
-
-
-def compose_with(overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose("config", overrides=list(overrides))
+from tests.conftest import CONF
+from tests.conftest import compose_config as compose_with
 
 
 def group_options():
@@ -33,7 +23,7 @@ def test_every_option_composes(group, option):
     override = f"{group}={option}"
     cfg = compose_with([override])
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    if group != "experiment":
+    if group not in ("experiment", "method"):  # those two are `# @package _global_`
         assert container[group] is not None
 
 
@@ -65,3 +55,15 @@ def test_unknown_stage_fails():
 def test_out_of_range_rejected(override, needle):
     with pytest.raises(ConfigError, match=needle):
         validate_config(compose_with([override]))
+
+
+def test_method_presets_pick_loss_and_schedule():
+    cfg = compose_with(["method=ea_sdpo"])
+    assert (cfg.loss.name, cfg.beta_schedule.name, cfg.stage.value) == ("sdpo", "expert",
+                                                                         "preference")
+    assert compose_with(["method=zero_shot"]).train.sft.enabled is False
+
+
+def test_experiment_declares_its_sweep():
+    cfg = compose_with(["experiment=u_beta"])
+    assert "beta_schedule.u_beta" in cfg.hydra.sweeper.params if "hydra" in cfg else True

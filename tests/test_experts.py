@@ -29,6 +29,7 @@ from eapo_exp.experts import (
 NUM_ITEMS = 100
 HISTORY_LEN = 10
 NUM_NEGATIVES = 20
+MAX_EPOCHS = 6
 
 
 def _planted_splits(num_users: int = 160, seq_len: int = 20, noise: float = 0.1,
@@ -58,6 +59,15 @@ def _planted_splits(num_users: int = 160, seq_len: int = 20, noise: float = 0.1,
     return {name: datasets.Dataset.from_list(r) for name, r in rows.items()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and far faster when other jobs share the CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def splits() -> dict[str, datasets.Dataset]:
     return _planted_splits()
@@ -78,12 +88,11 @@ def _small(name: str) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def trained(splits) -> dict[str, tuple[torch.nn.Module, dict]]:
-    torch.set_num_threads(2)
     out = {}
     for name in EXPERTS:
         model = _small(name)
         result = train_expert(model, splits["train"], splits["valid"], history_len=HISTORY_LEN,
-                              lr=5e-3, batch_size=128, max_epochs=12, patience=3,
+                              lr=5e-3, batch_size=128, max_epochs=MAX_EPOCHS, patience=2,
                               progress=False, seed=0)
         out[name] = (model, result)
     return out
@@ -184,7 +193,7 @@ def test_expert_learns_planted_pattern_and_beats_popularity(name, trained, popul
     model, result = trained[name]
     assert result["valid"]["ndcg@5"] > popularity_ndcg + 0.3, (name, result["valid"])
     assert result["valid"]["ndcg@5"] > 0.6, (name, result["valid"])
-    assert 1 <= result["best_epoch"] <= result["epochs_run"] <= 12
+    assert 1 <= result["best_epoch"] <= result["epochs_run"] <= MAX_EPOCHS
     assert result["train_samples_used"] == len(splits["train"])
     assert set(result["valid"]) == {"hr@1", "hr@5", "ndcg@5", "n"}
     assert result["history"] and result["history"][-1]["epoch"] == result["epochs_run"]
@@ -225,7 +234,7 @@ def test_score_candidates_ragged_and_in_eval_mode(trained):
     model.eval()
     assert scores.shape == (2, 3) and np.isneginf(scores[1, 1:]).all()
     again = score_candidates(model, [[1, 2], []], [[3, 4, 5], [6]], HISTORY_LEN)
-    np.testing.assert_array_equal(scores, again)  # dropout was off
+    np.testing.assert_allclose(scores, again, rtol=1e-5)  # dropout was off
 
 
 def test_data_fraction(splits):

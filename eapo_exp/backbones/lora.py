@@ -23,13 +23,17 @@ def _prepare_for_checkpointing(model) -> None:
 
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-               target_modules: Sequence[str] | str = DEFAULT_TARGETS):
+               target_modules: Sequence[str] | str = DEFAULT_TARGETS,
+               modules_to_save: Sequence[str] = ()):
     """Wrap `model` in a PEFT LoRA model (task CAUSAL_LM); only the adapters are trainable."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(r=int(r), lora_alpha=int(alpha), lora_dropout=float(dropout),
-                        target_modules=targets, task_type=TaskType.CAUSAL_LM, bias="none")
+                        target_modules=targets, task_type=TaskType.CAUSAL_LM, bias="none",
+                        # Fully trained copies of these modules travel with the adapter (the
+                        # random-init tiny backbone needs its embeddings and head trained).
+                        modules_to_save=list(modules_to_save) or None)
     _prepare_for_checkpointing(model)
     try:
         peft_model = get_peft_model(model, config)

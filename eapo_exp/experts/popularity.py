@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,37 +24,37 @@ class PopularityRanker(nn.Module):
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
         self.num_items = int(num_items)
         self.init_kwargs = {"num_items": num_items}
         self.register_buffer("counts", torch.zeros(num_items + 1, dtype=torch.float32))
 
     def fit(self, train) -> PopularityRanker:
         """Count items of a training split (a `datasets.Dataset` or a list of sample dicts)."""
-        if hasattr(train, "column_names"):
-            users = train["user"] if "user" in train.column_names else None
-            rows = zip(train["history"], train["target"], strict=True)
+        if hasattr(train, "select_columns"):
+            names = [c for c in ("user", "history", "target") if c in train.column_names]
+            cols = train.select_columns(names)[:]
         else:
-            users = [row["user"] for row in train] if train and "user" in train[0] else None
-            rows = ((row["history"], row["target"]) for row in train)
-        self.counts.copy_(torch.as_tensor(self._count(rows, users), dtype=torch.float32))
+            rows = list(train)
+            names = [c for c in ("user", "history", "target") if rows and c in rows[0]]
+            cols = {name: [row[name] for row in rows] for name in names}
+        histories, targets = cols.get("history", []), cols.get("target", [])
+        lengths = np.fromiter((len(h) + 1 for h in histories), dtype=np.int64,
+                              count=len(histories))
+        items = np.fromiter(itertools.chain.from_iterable(
+            (*h, t) for h, t in zip(histories, targets, strict=True)), dtype=np.int64)
+        if items.size and (items.min() < 0 or items.max() > self.num_items):
+            raise ValueError(f"training items must be ids in 0..{self.num_items}")
+        if "user" in cols:
+            _, user_codes = np.unique(np.asarray(cols["user"], dtype=object).astype(str),
+                                      return_inverse=True)
+            pairs = np.unique(np.repeat(user_codes, lengths) * (self.num_items + 1) + items)
+            items = pairs % (self.num_items + 1)
+        counts = np.bincount(items, minlength=self.num_items + 1).astype(np.float32)
+        counts[0] = 0.0  # padding
+        self.counts.copy_(torch.from_numpy(counts))
         return self
-
-    def _count(self, rows: Iterable[tuple[Sequence[int], int]], users) -> list[float]:
-        counts = [0.0] * (self.num_items + 1)
-        if users is None:
-            for history, target in rows:
-                for item in history:
-                    counts[item] += 1
-                counts[target] += 1
-        else:
-            seen: dict[object, set[int]] = {}
-            for user, (history, target) in zip(users, rows, strict=True):
-                seen.setdefault(user, set()).update(history, (target,))
-            for items in seen.values():
-                for item in items:
-                    counts[item] += 1
-        counts[0] = 0.0
-        return counts
 
     def score(self, histories: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         del histories  # popularity ignores the history

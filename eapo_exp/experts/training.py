@@ -161,14 +161,15 @@ def subsample_indices(num_samples: int, data_fraction: float, seed: int) -> np.n
 def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr: float = 1e-3,
                  batch_size: int = 256, max_epochs: int = 30, patience: int = 3,
                  weight_decay: float = 0.0, data_fraction: float = 1.0, seed: int = 0,
-                 eval_every: int = 1, progress: bool = True,
+                 eval_every: int = 1, progress: bool = True, min_delta: float = 0.0,
                  device: str | torch.device | None = None) -> dict[str, Any]:
     """Train `model` in place on next-item prediction; restore the best-validation state.
 
     Validation NDCG@5 over each valid sample's candidates is computed every `eval_every`
     epochs (and after the last one); training stops after `patience` evaluations without
-    improvement. Returns best_epoch, epochs_run, train_seconds, train_samples_used,
-    valid (metrics of the restored model) and history (one row per evaluation).
+    an improvement larger than `min_delta`. Returns best_epoch, epochs_run, train_seconds,
+    train_samples_used, valid (metrics of the restored model: hr@1, hr@5, ndcg@5, n) and
+    history (one row per evaluation: epoch, loss, metrics).
 
     The model's initial weights are the caller's: seed torch before building it (or use
     `eapo_exp.experts.build_expert(..., seed=...)`). `seed` drives the data subset,
@@ -195,6 +196,7 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
         raise ValueError(f"training targets must be item ids in 1..{model.num_items}")
     if len(histories) and int(histories.max()) > model.num_items:
         raise ValueError(f"training histories hold item ids above {model.num_items}")
+    histories, targets = histories.to(device), targets.to(device)
     valid_tensors = _eval_tensors(valid, history_len)
     eval_batch = max(batch_size, 1024)
 
@@ -208,14 +210,13 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
                   disable=not progress, unit="epoch")
     for epoch in epochs:
         model.train()
-        order = torch.randperm(num_samples, generator=generator)
+        order = torch.randperm(num_samples, generator=generator).to(device)
         total_loss = 0.0
         batches = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False,
                        disable=not progress, unit="batch")
         for b in batches:
             idx = order[b * batch_size:(b + 1) * batch_size]
-            logits = model.full_logits(histories[idx].to(device))
-            loss = F.cross_entropy(logits, targets[idx].to(device))
+            loss = F.cross_entropy(model.full_logits(histories[idx]), targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -229,7 +230,7 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
         history.append({"epoch": epoch, "loss": mean_loss, **metrics})
         epochs.set_postfix(loss=f"{mean_loss:.4f}", **{"valid ndcg@5": f"{metrics['ndcg@5']:.4f}"})
         log.debug("epoch %d loss %.4f valid %s", epoch, mean_loss, metrics)
-        if metrics[SELECTION_METRIC] > best_score:
+        if metrics[SELECTION_METRIC] > best_score + min_delta:
             best_score, best_epoch, best_metrics = metrics[SELECTION_METRIC], epoch, metrics
             best_state = copy.deepcopy(model.state_dict())
             evals_since_best = 0

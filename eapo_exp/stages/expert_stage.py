@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,7 @@ def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCa
                           f"is cached under {cache.path('experts', fingerprint(spec))}")
 
     def build(directory: Path) -> None:
+        torch.manual_seed(expert_cfg.seed)  # initial weights are part of the artifact
         model = instantiate(expert_cfg.model, num_items=samples.catalog.num_items)
         log.info("training expert %s (%d parameters)", expert_cfg.name,
                  sum(p.numel() for p in model.parameters()))
@@ -43,7 +45,8 @@ def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCa
                             history_len=history_len, lr=expert_cfg.lr,
                             batch_size=expert_cfg.batch_size, max_epochs=expert_cfg.max_epochs,
                             patience=expert_cfg.patience, weight_decay=expert_cfg.weight_decay,
-                            data_fraction=expert_cfg.data_fraction, seed=expert_cfg.seed)
+                            data_fraction=expert_cfg.data_fraction, seed=expert_cfg.seed,
+                            min_delta=expert_cfg.min_delta)
         save_expert(model, directory, info, spec)
 
     path = cache.get_or_build("experts", spec, build)

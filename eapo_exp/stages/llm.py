@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.base import LoadedBackbone
+from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
 
@@ -15,6 +16,13 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet) -> LoadedBackbon
     # Only the tiny backbone uses the corpus (to train its tokenizer).
     corpus = [t for t in samples.catalog.titles[1:] if t] + list(TEMPLATES.values())
     return loader.load(corpus)
+
+
+def attach_lora(model, lora_cfg: DictConfig):
+    """A fresh LoRA adapter on `model`, shaped by the backbone's `lora` config node."""
+    return apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
+                      target_modules=list(lora_cfg.target_modules),
+                      modules_to_save=list(lora_cfg.modules_to_save))
 
 
 def longest_completion(samples: SampleSet, tokenizer) -> int:

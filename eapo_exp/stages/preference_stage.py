@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.backbones.lora import apply_lora, load_adapter, save_adapter
+from eapo_exp.backbones.lora import load_adapter, save_adapter
 from eapo_exp.build import build_object
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.errors import ConfigError
 from eapo_exp.experts.training import load_expert, score_candidates
-from eapo_exp.stages.llm import backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
 from eapo_exp.training.loop import LoopSettings
 from eapo_exp.training.preference import PreferenceBatches, PreferenceStep, train_preference
@@ -138,10 +138,8 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         scores = (expert_scores(cfg, samples, cache, expert_dir, examples)
                   if expert_dir is not None else None)
         loaded = load_backbone(cfg.backbone, samples)
-        lora = cfg.backbone.lora
         model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
-                 else apply_lora(loaded.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules)))
+                 else attach_lora(loaded.model, cfg.backbone.lora))
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         batches = PreferenceBatches(examples, builder, samples.catalog, reference,
                                     scores if schedule.needs_expert_scores else None,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.backbones.lora import apply_lora, save_adapter
+from eapo_exp.backbones.lora import save_adapter
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.errors import ConfigError
-from eapo_exp.stages.llm import backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
 from eapo_exp.training.loop import LoopSettings
 from eapo_exp.training.sft import SFTBatches, train_sft
@@ -50,9 +50,7 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples)
-        model = apply_lora(loaded.model, r=cfg.backbone.lora.r, alpha=cfg.backbone.lora.alpha,
-                           dropout=cfg.backbone.lora.dropout,
-                           target_modules=list(cfg.backbone.lora.target_modules))
+        model = attach_lora(loaded.model, cfg.backbone.lora)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         train = samples.split("train")
         indices = subset_indices(len(train), sft_cfg.max_train_samples, sft_cfg.seed)

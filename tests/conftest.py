@@ -1,0 +1,34 @@
+"""Shared fixtures: compose the real Hydra config with small, fast overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from eapo_exp.config import register_configs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
+# Synthetic data + tiny backbone, sized so a whole SFT/preference job takes seconds.
+FAST = [
+    "dataset=synthetic", "dataset.source.num_users=120", "dataset.source.num_items=60",
+    "dataset.history_len=5", "backbone=tiny", "train=smoke", "logger=none",
+    "eval.max_samples=40", "eval.batch_size=8", "expert.max_epochs=5",
+]
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    def make(*overrides, cache: Path | None = None):
+        cache = cache or tmp_path / "cache"
+        return compose_config([*FAST, f"paths.cache_dir={cache}", *overrides])
+
+    return make

@@ -1,0 +1,88 @@
+"""End-to-end jobs on synthetic data with the tiny backbone (seconds each)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eapo_exp.beta.critical_point import critical_z
+from eapo_exp.pipeline import run_stages
+from eapo_exp.tracking import RunTracker
+
+CHANCE_HR1 = 1 / 21
+
+
+def run(cfg, out):
+    out.mkdir(parents=True, exist_ok=True)
+    return run_stages(cfg, RunTracker(out), out)
+
+
+def test_expert_stage_beats_popularity(fast_config, tmp_path):
+    metrics = run(fast_config("stage=expert"), tmp_path / "out")
+    for split in ("valid", "test"):
+        for key in ("hr@1", "hr@5", "ndcg@5"):
+            assert metrics["expert"][split][key] > metrics["popularity"][split][key]
+    assert metrics["data"]["samples"]["train"] > 0
+
+
+def test_sft_lowers_loss_and_beats_chance(fast_config, tmp_path):
+    out = tmp_path / "out"
+    metrics = run(fast_config("stage=sft", "eval.max_samples=80"), out)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history if h["phase"] == "sft"]
+    assert losses[-1] < losses[0] - 0.5
+    for split in ("valid", "test"):
+        assert metrics["eval"]["sft"][split]["hr@1"] > CHANCE_HR1
+    assert (out / "predictions_sft_test.jsonl").exists()
+
+
+def test_zero_shot_needs_no_training(fast_config, tmp_path):
+    metrics = run(fast_config("stage=sft", "train=zero_shot"), tmp_path / "out")
+    assert metrics["sft"] == {"enabled": False}
+    assert set(metrics["eval"]) == {"zero_shot"}
+
+
+def test_eapo_job_end_to_end(fast_config, tmp_path):
+    out = tmp_path / "out"
+    cfg = fast_config("stage=preference", "beta_schedule=expert", "beta_schedule.u_beta=0.6",
+                      "train.preference.max_train_samples=32", "train.preference.max_steps=4",
+                      "train.preference.grad_accum=2", "train.preference.analysis_samples=8")
+    metrics = run(cfg, out)
+    assert metrics["method"] == "EAPO"
+    assert {"hr@1", "hr@5", "ndcg@5"} <= set(metrics["eval"]["eapo"]["test"])
+    betas = np.load(out / "train_betas.npy")
+    lower = critical_z() / cfg.beta_schedule.gamma
+    assert betas.size == 4 * 2 * 2 * 3  # steps x accum x batch x K
+    assert betas.min() >= lower - 1e-6 and betas.max() <= 0.6 + 1e-6
+    assert np.load(out / "reward_discrepancy.npy").size == 8 * 3
+    analysis = metrics["analysis"]["eapo"]
+    assert 0.0 <= analysis["interference_rate"] <= 1.0
+    assert analysis["reward_discrepancy"]["pairs"] == 24
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    pref = [h for h in history if h["phase"] == "preference"]
+    assert pref and {"rewards/margins", "rewards/accuracies", "beta/mean"} <= set(pref[-1])
+
+
+def test_bad_preference_config_rejected_before_training(fast_config, tmp_path):
+    from eapo_exp.errors import ConfigError
+    from eapo_exp.validation import validate_config
+
+    bad = {
+        "train.preference.num_rejected=25": "num_rejected",
+        "beta_schedule=expert beta_schedule.u_beta=0.05": "u_beta",
+        "beta_schedule=fixed beta_schedule.beta=0": "beta",
+    }
+    for overrides, needle in bad.items():
+        cfg = fast_config("stage=preference", *overrides.split())
+        with pytest.raises(ConfigError, match=needle):
+            validate_config(cfg)
+
+
+def test_missing_expert_rejected(fast_config, tmp_path):
+    from eapo_exp.errors import ConfigError
+
+    cfg = fast_config("stage=preference", "beta_schedule=expert", "expert.train_if_missing=false")
+    with pytest.raises(ConfigError, match="train_if_missing"):
+        run(cfg, tmp_path / "out")
