@@ -160,6 +160,15 @@ def copy_training_arrays(artifact: Path, out: Path, tracker: RunTracker) -> None
                                   np.load(artifact / name).tolist())
 
 
+def objective(metrics: dict) -> float | None:
+    """Validation HR@1 of the job's last evaluated model: what a Hydra sweeper optimises."""
+    evaluations = metrics.get("eval") or {}
+    if not evaluations:
+        return None
+    last = evaluations[next(reversed(evaluations))]
+    return last.get("valid", {}).get("hr@1")
+
+
 def run_job(cfg: DictConfig) -> float | None:
     out = output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +186,11 @@ def run_job(cfg: DictConfig) -> float | None:
         metrics["status"] = "ok"
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
+        tracker.summary({f"{label}/{split}/{k}": v for label, splits in metrics.get("eval", {}).items()
+                         for split, values in splits.items() for k, v in values.items()
+                         if isinstance(v, (int, float))})
         tracker.finish()
-        return None
+        return objective(metrics)
     except Exception as error:
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                    "stage": str(cfg.stage)}
