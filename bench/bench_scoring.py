@@ -50,7 +50,7 @@ def load_model(attn: str):
         try:
             from eapo_exp.backbones.smollm2 import SmolLM2Backbone
 
-            loaded = SmolLM2Backbone().load()
+            loaded = SmolLM2Backbone(cache_dir=os.environ.get("EAPO_MODEL_CACHE", ".cache/models")).load()
             model = loaded.model.float().eval()
             model.config._attn_implementation = attn
             return model, f"{loaded.name} (packaged weights)"

@@ -17,18 +17,24 @@ from eapo_exp.training.loop import LoopSettings, TrainLoop
 log = logging.getLogger(__name__)
 
 
-def pad_sequences(inputs: list[list[int]], labels: list[list[int]], pad_id: int,
-                  device) -> dict[str, torch.Tensor]:
+def pad_left(inputs: list[list[int]], labels: list[list[int]], pad_id: int,
+             device) -> dict[str, torch.Tensor]:
+    """Left-pad so every response ends in the last column: the LM head then only runs on the
+    last `logits_to_keep` positions instead of the whole (mostly prompt) sequence."""
     width = max(len(x) for x in inputs)
     ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
     lab = torch.full((len(inputs), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(inputs), width), dtype=torch.long)
     for row, (x, y) in enumerate(zip(inputs, labels)):
-        ids[row, :len(x)] = torch.tensor(x)
-        lab[row, :len(y)] = torch.tensor(y)
-        mask[row, :len(x)] = 1
+        ids[row, width - len(x):] = torch.tensor(x)
+        lab[row, width - len(y):] = torch.tensor(y)
+        mask[row, width - len(x):] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    response = (lab != IGNORE_INDEX).sum(dim=1).max().item()
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "labels": lab.to(device)}
+            "position_ids": positions.to(device), "labels": lab.to(device),
+            # +1: the logit before the first response token predicts it.
+            "logits_to_keep": int(response) + 1}
 
 
 class SFTBatches:
@@ -50,7 +56,7 @@ class SFTBatches:
                                                 sample_key=position, epoch=epoch)
             inputs.append(example.prompt_ids + example.target_ids)
             labels.append([IGNORE_INDEX] * len(example.prompt_ids) + example.target_ids)
-        return pad_sequences(inputs, labels, self.pad_id, device)
+        return pad_left(inputs, labels, self.pad_id, device)
 
 
 def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir: Path,
@@ -62,9 +68,10 @@ def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir
 
     def step_loss(step: int, micro: int):
         batch = batches.batch(step, micro, device)
-        logits = loop.model(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).logits
-        loss = response_nll(logits.float(), batch["labels"])
+        keep = batch["logits_to_keep"]
+        logits = loop.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            position_ids=batch["position_ids"], logits_to_keep=keep).logits
+        loss = response_nll(logits.float(), batch["labels"][:, -keep:])
         return loss, {"response_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}
 
     return loop.run(step_loss)

@@ -1,0 +1,30 @@
+"""The `smoke` experiment as a real Hydra multirun, then the sweep report over it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_multirun_and_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "eapo_exp", "-m", "experiment=smoke", "method=sft,eapo", "seed=0",
+         f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert len(jobs) == 2
+
+    report = subprocess.run([sys.executable, "-m", "eapo_exp.report.cli", str(sweep)], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "EAPO" in report.stdout and "SFT" in report.stdout
+    written = {p.name for p in (sweep / "report").iterdir()}
+    assert {"report.csv", "summary.csv", "summary.md"} <= written
+    assert "expert_betas.png" in written and "reward_margins.png" in written
