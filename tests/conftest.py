@@ -32,3 +32,17 @@ def fast_config(tmp_path):
         return compose_config([*FAST, f"paths.cache_dir={cache}", *overrides])
 
     return make
+
+
+def byte_bpe_tokenizer(corpus, vocab_size: int = 600):
+    """A GPT-2-style byte-level BPE tokenizer trained offline on `corpus` (<pad>, <eos>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(corpus) * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from eapo_exp.data.prompts import ANSWER_CUE, TEMPLATE_NAMES, TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import ItemCatalog
 from eapo_exp.errors import ConfigError, DataError
+from tests.conftest import byte_bpe_tokenizer
 
 TITLES = [
     "Toy Story (1995)", "Heat (1995)", "Lion King, The (1994)", "Se7en (1995)",
@@ -17,18 +16,9 @@ TITLES = [
 ]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer():
     """Byte-level BPE (GPT-2 style) trained offline on the templates and test titles."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = list(TEMPLATES.values()) + TITLES + [ANSWER_CUE, "movie movies item items"]
-    tok.train_from_iterator(corpus * 3, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    return byte_bpe_tokenizer(list(TEMPLATES.values()) + TITLES + [ANSWER_CUE, "movie movies item items"])
 
 
 @pytest.fixture(scope="module")

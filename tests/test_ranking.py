@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from eapo_exp.data.prompts import ANSWER_CUE, TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import ItemCatalog
@@ -20,6 +19,7 @@ from eapo_exp.evaluation.generate import match_candidate, normalize_title
 from eapo_exp.evaluation.metrics import metrics_from_ranks, target_ranks
 from eapo_exp.evaluation.ranking import rank_candidates
 from eapo_exp.training.shared_prefix import naive_completion_logprobs
+from tests.conftest import byte_bpe_tokenizer
 
 TITLES = [
     "Toy Story (1995)", "Heat (1995)", "Lion King, The (1994)", "Se7en (1995)",
@@ -29,17 +29,9 @@ TITLES = [
 ]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = list(TEMPLATES.values()) + TITLES + [ANSWER_CUE, "movie movies"]
-    tok.train_from_iterator(corpus * 3, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+def make_tokenizer():
+    """Byte-level BPE (GPT-2 style) trained offline on the templates and test titles."""
+    return byte_bpe_tokenizer(list(TEMPLATES.values()) + TITLES + [ANSWER_CUE, "movie movies"])
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,8 @@ def test_two_jobs_share_one_artifact(tmp_path):
 
 
 def cli(*args, cwd=REPO, timeout=600):
-    return subprocess.run([sys.executable, "-m", "eapo_exp", *args], cwd=cwd, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "eapo_exp", *args], check=False, cwd=cwd,
+                          timeout=timeout,
                           capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
 
 
