@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from eapo_exp.errors import EapoError
 
 
 def build_object(node: DictConfig, exclude: tuple[str, ...] = ("name",), **kwargs):
     params = OmegaConf.to_container(node, resolve=True)
     for key in exclude:
         params.pop(key, None)
-    return instantiate(params, **kwargs)
+    try:
+        return instantiate(params, **kwargs)
+    except InstantiationException as error:
+        # A constructor's own validation error (bad beta, u_beta, tau) is the user's message.
+        if isinstance(error.__cause__, EapoError):
+            raise error.__cause__ from None
+        raise
