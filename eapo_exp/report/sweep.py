@@ -22,6 +22,8 @@ import yaml
 from eapo_exp import methods
 
 CORE_METRICS = ("hr@1", "hr@5", "ndcg@5")
+# Per-evaluation timing and truncation counters: logged per job, not summarised as metrics.
+BOOKKEEPING = {"seconds", "samples_per_s", "truncated_prompts", "dropped_history_items"}
 BASE_COLUMNS = ("job", "method", "label", "kind", "seed", "split")
 SPLIT_ORDER = ("test", "valid", "test_user_cold", "test_item_cold")
 REPORT_DIRNAME = "report"
@@ -286,7 +288,7 @@ def rows_from_jobs(jobs: list[JobRecord]) -> tuple[pd.DataFrame, list[dict]]:
 
 def _metric_columns(rows: list[dict]) -> list[str]:
     seen = dict.fromkeys(k for row in rows for k in row)
-    skip = set(BASE_COLUMNS) | {"n"}
+    skip = set(BASE_COLUMNS) | {"n"} | BOOKKEEPING
     extras = [k for k in seen if k not in skip and k not in CORE_METRICS]
     return [*CORE_METRICS, "n", *extras]
 
