@@ -6,7 +6,6 @@ killed mid-save leaves the previous checkpoint intact. Only the newest `keep` su
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -79,8 +78,3 @@ def load_adapter_weights(model, checkpoint: Path) -> None:
         adapter_dir / "adapter_model.bin", weights_only=True)
     set_peft_model_state_dict(model, state)
 
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
