@@ -57,7 +57,7 @@ def step(model, variant: str, prompts, completions):
     loss = DPOLoss()(batch, torch.full((PROMPTS, K), 0.1)).loss
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    return float(loss), grads
+    return loss.item(), grads
 
 
 def run_variant(variant: str, queue) -> None:
