@@ -314,6 +314,8 @@ class EvalConfig:
     beam_width: int = 5
     max_new_tokens: int | None = None
     write_predictions: bool = True
+    # Reuse the stored result when the same model was already evaluated the same way.
+    reuse_cached: bool = True
     # High-preference negatives = the expert's top-k non-target candidates (error analysis).
     high_preference_k: int = 3
 

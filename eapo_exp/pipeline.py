@@ -85,8 +85,8 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
         if stage in (Stage.sft, Stage.all):
             label = "sft" if adapter is not None else "zero_shot"
             started = time.perf_counter()
-            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label,
-                                                      expert_model(metrics))
+            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label, cache,
+                                                      expert_artifact(metrics))
             metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if stage in (Stage.preference, Stage.all):
@@ -104,7 +104,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
         metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label,
-                                                  expert_model(metrics))
+                                                  cache, expert_artifact(metrics))
         metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if metrics.get("eval"):
@@ -127,13 +127,9 @@ def make_tracker(cfg: DictConfig, out: Path) -> RunTracker:
                       config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def expert_model(metrics: dict):
+def expert_artifact(metrics: dict) -> Path | None:
     """The job's trained expert (for the error analysis), or None when no expert stage ran."""
-    if "expert" not in metrics:
-        return None
-    from eapo_exp.experts.training import load_expert
-
-    return load_expert(metrics["expert"]["artifact"])
+    return Path(metrics["expert"]["artifact"]) if "expert" in metrics else None
 
 
 def collect_analysis(evaluations: dict, out: Path) -> dict:

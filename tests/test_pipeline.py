@@ -45,6 +45,25 @@ def test_zero_shot_needs_no_training(fast_config, tmp_path):
     assert set(metrics["eval"]) == {"zero_shot"}
 
 
+def test_evaluation_is_reused_across_jobs(fast_config, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = run(fast_config("stage=sft", "train=zero_shot", cache=cache), tmp_path / "a")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="eapo_exp"):
+        second = run(fast_config("stage=sft", "train=zero_shot", cache=cache), tmp_path / "b")
+    assert "reusing cached evaluations" in caplog.text
+    assert "evaluating zero_shot" not in caplog.text
+    assert second["eval"] == first["eval"]
+    assert ((tmp_path / "b" / "predictions_zero_shot_test.jsonl").read_text()
+            == (tmp_path / "a" / "predictions_zero_shot_test.jsonl").read_text())
+    caplog.clear()
+    with caplog.at_level("INFO", logger="eapo_exp"):
+        third = run(fast_config("stage=sft", "train=zero_shot", "eval.reuse_cached=false",
+                                cache=cache), tmp_path / "c")
+    assert "evaluating zero_shot" in caplog.text
+    assert third["eval"]["zero_shot"]["test"]["hr@1"] == first["eval"]["zero_shot"]["test"]["hr@1"]
+
+
 def test_eapo_job_end_to_end(fast_config, tmp_path):
     out = tmp_path / "out"
     cfg = fast_config("stage=preference", "beta_schedule=expert", "beta_schedule.u_beta=0.6",

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import load_adapter
+from eapo_exp.cache import ArtifactCache, fingerprint
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.errors import ConfigError
 from eapo_exp.evaluation.analysis import error_analysis
 from eapo_exp.evaluation.ranking import rank_candidates
-from eapo_exp.experts.training import score_candidates
-from eapo_exp.stages.llm import load_backbone, make_prompt_builder
+from eapo_exp.experts.training import load_expert, score_candidates
+from eapo_exp.stages.llm import backbone_spec, load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
 
 log = logging.getLogger(__name__)
+
+EVAL_FORMAT_VERSION = 1
 
 
 def evaluation_rows(samples: SampleSet, split: str, eval_cfg: DictConfig):
@@ -29,17 +33,16 @@ def evaluation_rows(samples: SampleSet, split: str, eval_cfg: DictConfig):
 
 
 def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out_dir: Path,
-                   label: str, expert=None, history_len: int = 10) -> dict:
-    """Metrics per split; with an expert, also the error analysis of each split under
-    results[split]["analysis"]."""
+                   expert=None, history_len: int = 10) -> dict:
+    """Metrics per split, predictions in out_dir/predictions_<split>.jsonl; with an expert,
+    also the error analysis of each split under results[split]["analysis"]."""
     results = {}
     for split in eval_cfg.splits:
         rows = evaluation_rows(samples, split, eval_cfg)
         if len(rows) == 0:
             log.warning("split %s is empty; skipped", split)
             continue
-        log.info("evaluating %s on %s (%d samples, mode=%s)", label, split, len(rows),
-                 eval_cfg.mode)
+        log.info("evaluating on %s (%d samples, mode=%s)", split, len(rows), eval_cfg.mode)
         metrics, predictions = rank_candidates(
             model, builder, rows, samples.catalog, mode=eval_cfg.mode,
             batch_size=eval_cfg.batch_size, length_normalize=eval_cfg.length_normalize,
@@ -49,17 +52,47 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
             scores = score_candidates(expert, rows["history"], rows["candidates"], history_len)
             metrics["analysis"] = error_analysis(predictions, list(rows), scores,
                                                  k=eval_cfg.high_preference_k)
-        if eval_cfg.write_predictions:
-            path = out_dir / f"predictions_{label}_{split}.jsonl"
-            with open(path, "w") as handle:
-                handle.writelines(json.dumps(row, default=float) + "\n" for row in predictions)
+        with open(out_dir / f"predictions_{split}.jsonl", "w") as handle:
+            handle.writelines(json.dumps(row, default=float) + "\n" for row in predictions)
     return results
 
 
+def evaluation_spec(cfg: DictConfig, samples: SampleSet, adapter: Path | None,
+                    expert_artifact: Path | None) -> dict:
+    """Everything an evaluation's result depends on. Adapters and experts live in
+    fingerprinted artifact dirs, so their paths name their contents."""
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    for key in ("name", "write_predictions", "reuse_cached"):
+        eval_cfg.pop(key, None)
+    return {"format": EVAL_FORMAT_VERSION, "samples": samples.fingerprint,
+            "backbone": backbone_spec(cfg.backbone),
+            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "eval": eval_cfg,
+            "history_len": cfg.dataset.history_len,
+            "adapter": str(adapter.resolve()) if adapter is not None else None,
+            "expert": str(Path(expert_artifact).resolve()) if expert_artifact else None}
+
+
 def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, out_dir: Path,
-                     label: str, expert=None) -> dict:
-    loaded = load_backbone(cfg.backbone, samples)
-    model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
-    builder = make_prompt_builder(cfg.prompt, loaded, samples)
-    return evaluate_model(model, builder, samples, cfg.eval, out_dir, label, expert,
-                          cfg.dataset.history_len)
+                     label: str, cache: ArtifactCache, expert_artifact: Path | None = None) -> dict:
+    """Evaluate the backbone (+ adapter) once per spec: a rerun, or another sweep job that
+    evaluates the same cached model, reuses the stored metrics and predictions."""
+
+    def build(directory: Path) -> None:
+        loaded = load_backbone(cfg.backbone, samples)
+        model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
+        builder = make_prompt_builder(cfg.prompt, loaded, samples)
+        expert = load_expert(expert_artifact) if expert_artifact else None
+        log.info("evaluating %s", label)
+        results = evaluate_model(model, builder, samples, cfg.eval, directory, expert,
+                                 cfg.dataset.history_len)
+        (directory / "results.json").write_text(json.dumps(results, indent=2, default=float))
+
+    spec = evaluation_spec(cfg, samples, adapter, expert_artifact)
+    if not cfg.eval.reuse_cached:
+        shutil.rmtree(cache.path("evaluations", fingerprint(spec)), ignore_errors=True)
+    artifact = cache.get_or_build("evaluations", spec, build)
+    if cfg.eval.write_predictions:
+        for path in sorted(artifact.glob("predictions_*.jsonl")):
+            split = path.stem.removeprefix("predictions_")
+            shutil.copyfile(path, out_dir / f"predictions_{label}_{split}.jsonl")
+    return json.loads((artifact / "results.json").read_text())
