@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import load_adapter
-from eapo_exp.cache import ArtifactCache, fingerprint
+from eapo_exp.cache import ArtifactCache, directory_digest, fingerprint
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.errors import ConfigError
 from eapo_exp.evaluation.analysis import error_analysis
@@ -59,8 +59,8 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
 
 def evaluation_spec(cfg: DictConfig, samples: SampleSet, adapter: Path | None,
                     expert_artifact: Path | None) -> dict:
-    """Everything an evaluation's result depends on. Adapters and experts live in
-    fingerprinted artifact dirs, so their paths name their contents."""
+    """Everything an evaluation's result depends on; the adapter and the expert by the
+    bytes they hold (a rebuilt artifact at the same path is a different model)."""
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     for key in ("name", "write_predictions", "reuse_cached"):
         eval_cfg.pop(key, None)
@@ -68,8 +68,8 @@ def evaluation_spec(cfg: DictConfig, samples: SampleSet, adapter: Path | None,
             "backbone": backbone_spec(cfg.backbone),
             "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "eval": eval_cfg,
             "history_len": cfg.dataset.history_len,
-            "adapter": str(adapter.resolve()) if adapter is not None else None,
-            "expert": str(Path(expert_artifact).resolve()) if expert_artifact else None}
+            "adapter": directory_digest(adapter) if adapter is not None else None,
+            "expert": directory_digest(expert_artifact) if expert_artifact else None}
 
 
 def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, out_dir: Path,
