@@ -8,12 +8,13 @@ arguments; no object reads the global config.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 
 class Stage(str, Enum):
@@ -349,7 +350,22 @@ class Config:
     logger: Any = MISSING
 
 
+MAX_DIRNAME = 120
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's directory name: its overrides, cut to MAX_DIRNAME characters plus a
+    hash of the whole string (file systems refuse names over 255 bytes; Optuna's float
+    overrides and long override lists exceed that)."""
+    name = str(name)
+    if len(name) <= MAX_DIRNAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"{name[:MAX_DIRNAME - 11]}-{digest}"
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="dataset", name="base_ml100k",
