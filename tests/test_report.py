@@ -79,8 +79,9 @@ def preference_metrics(label: str, method: str | None, hr1: float, seed: int) ->
         "status": "ok", "stage": "all",
         "eval": {label: {"test": split_metrics(hr1), "valid": split_metrics(hr1 - 0.05)},
                  "sft": {"test": split_metrics(SFT_HR1[seed])}},
-        "analysis": {label: {"error_attribution": {"share_high_preference": 0.6},
-                             "interference_rate": 0.2,
+        # The layout eapo_exp.evaluation.analysis writes (flat attribution keys).
+        "analysis": {label: {"k": 3, "samples": 40, "errors_at_1": 30,
+                             "share_high_preference": 0.6, "interference_rate": 0.2,
                              "reward_discrepancy": {"mean": 0.5, "std": 0.1,
                                                     "values": [0.1, 0.4, 0.9]}}},
         "expert": {"name": "sasrec", "artifact": "/tmp/x", "training": {"epochs": 3},
@@ -245,6 +246,7 @@ def test_report_files(sweep: Path):
     assert "missing metrics.json" in text
     assert text.index("Split: test") < text.index("Split: valid")
     assert "interference_rate" in text  # analysis table
+    assert "share_high_preference" in text and "0.6000" in text
 
 
 def test_cli(sweep: Path, tmp_path: Path, capsys, monkeypatch):

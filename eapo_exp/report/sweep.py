@@ -511,9 +511,9 @@ def analysis_table(jobs: list[JobRecord]) -> pd.DataFrame:
             name = job.method if kind == "preference" and len(labels) == 1 else None
             name = name or LABEL_NAMES.get(label.lower(), label)
             row = {"method": name, "job": job.job, "seed": job.seed}
-            attribution = block.get("error_attribution") or {}
-            if isinstance(attribution.get("share_high_preference"), (int, float)):
-                row["share_high_preference"] = attribution["share_high_preference"]
+            # Error attribution: share of rank-1 errors on a high-preference negative.
+            if isinstance(block.get("share_high_preference"), (int, float)):
+                row["share_high_preference"] = block["share_high_preference"]
             if isinstance(block.get("interference_rate"), (int, float)):
                 row["interference_rate"] = block["interference_rate"]
             discrepancy = block.get("reward_discrepancy") or {}
