@@ -90,16 +90,23 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
             metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if stage in (Stage.preference, Stage.all):
-        from eapo_exp.stages.preference_stage import prepare_preference
+        from eapo_exp.stages.preference_stage import TRAINING_CURVE, prepare_preference
 
         label = method_label(cfg.loss.name, cfg.beta_schedule.name)
         metrics["method"] = method_name(cfg.loss.name, cfg.beta_schedule.name)
         started = time.perf_counter()
-        artifact = prepare_preference(
-            cfg, samples, cache, adapter, Path(metrics["expert"]["artifact"]),
-            on_log=lambda step, values: tracker.log("preference", step, values))
+        logged_steps: list[int] = []
+
+        def log_preference(step: int, values: dict) -> None:
+            logged_steps.append(step)
+            tracker.log("preference", step, values)
+
+        artifact = prepare_preference(cfg, samples, cache, adapter,
+                                      Path(metrics["expert"]["artifact"]), on_log=log_preference)
         metrics["preference"] = {"artifact": str(artifact),
                                  **json.loads((artifact / "info.json").read_text())}
+        if not logged_steps:  # trained by an earlier job: replay its curve into this job's history
+            replay_training_curve(artifact / TRAINING_CURVE, "preference", tracker)
         copy_training_arrays(artifact, out, tracker)
         metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
@@ -145,6 +152,19 @@ def collect_analysis(evaluations: dict, out: Path) -> dict:
             "mean": float(values.mean()), "std": float(values.std()),
             "share_positive": float((values > 0).mean()), "pairs": int(values.size)}
     return analysis
+
+
+def replay_training_curve(curve_path: Path, phase: str, tracker: RunTracker) -> None:
+    """Log a cached artifact's training curve as this job's own (reports plot it)."""
+    if not curve_path.exists():  # artifacts built before curves were kept
+        log.info("no training curve in %s; this job's history has none", curve_path.parent)
+        return
+    rows = [json.loads(line) for line in curve_path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        step = row.pop("step")
+        tracker.log(phase, step, row)
+    log.info("replayed %d %s log rows from the cached artifact %s", len(rows), phase,
+             curve_path.parent)
 
 
 def copy_training_arrays(artifact: Path, out: Path, tracker: RunTracker) -> None:

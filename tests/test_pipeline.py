@@ -84,6 +84,15 @@ def test_eapo_job_end_to_end(fast_config, tmp_path):
     pref = [h for h in history if h["phase"] == "preference"]
     assert pref and {"rewards/margins", "rewards/accuracies", "beta/mean"} <= set(pref[-1])
 
+    # A second job with the same config reuses the trained model and still gets its curve.
+    again = tmp_path / "again"
+    assert run(cfg, again)["eval"]["eapo"] == metrics["eval"]["eapo"]
+    replayed = [json.loads(x) for x in (again / "history.jsonl").read_text().splitlines()]
+    strip = ("time",)
+    assert ([{k: v for k, v in h.items() if k not in strip} for h in replayed
+             if h["phase"] == "preference"]
+            == [{k: v for k, v in h.items() if k not in strip} for h in pref])
+
 
 def test_bad_preference_config_rejected_before_training(fast_config, tmp_path):
     from eapo_exp.errors import ConfigError

@@ -118,6 +118,9 @@ def preference_spec(cfg: DictConfig, samples: SampleSet, sft_adapter: Path | Non
             "train": OmegaConf.to_container(cfg.train.preference, resolve=True)}
 
 
+TRAINING_CURVE = "training_curve.jsonl"
+
+
 def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                        sft_adapter: Path | None, expert_dir: Path | None,
                        on_log=None) -> Path:
@@ -155,7 +158,17 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         log.info("preference (%s x %s): %d prompts x %d rejected, %d steps of %d x %d",
                  cfg.loss.name, cfg.beta_schedule.name, len(examples), pcfg.num_rejected,
                  total, pcfg.batch_size, pcfg.grad_accum)
-        info = train_preference(model, step, settings, work / "checkpoints", on_log=on_log)
+        curve: list[dict] = []
+
+        def record(step_number: int, values: dict) -> None:
+            curve.append({"step": step_number, **values})
+            if on_log is not None:
+                on_log(step_number, values)
+
+        info = train_preference(model, step, settings, work / "checkpoints", on_log=record)
+        # Kept with the artifact so a job that reuses it still has the training curve.
+        with open(directory / TRAINING_CURVE, "w") as handle:
+            handle.writelines(json.dumps(row, default=float) + "\n" for row in curve)
         save_adapter(model, directory / "adapter")
         np.save(directory / "reward_discrepancy.npy",
                 final_discrepancy(model, builder, samples, examples, reference, pcfg,
