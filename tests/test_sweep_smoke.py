@@ -20,6 +20,10 @@ def test_smoke_multirun_and_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
     assert len(jobs) == 2
+    # The multirun's own end-of-sweep callback already wrote and printed the report.
+    assert "| EAPO |" in result.stdout and "| SFT |" in result.stdout
+    assert (sweep / "report" / "summary.md").exists()
+    assert (sweep / "report" / "reward_margins.png").exists()
 
     report = subprocess.run([sys.executable, "-m", "eapo_exp.report.cli", str(sweep)], check=False,
                             cwd=REPO,
