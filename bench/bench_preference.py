@@ -37,9 +37,11 @@ def make_batch(seed: int = 0):
 
 def build_model():
     from bench.bench_scoring import smollm2_sized_llama
+    from eapo_exp.backbones.base import contiguous_head_input
     from eapo_exp.backbones.lora import apply_lora
 
     model, _ = smollm2_sized_llama("sdpa")
+    contiguous_head_input(model)  # as the pipeline's backbones do
     return apply_lora(model, r=8, alpha=16, dropout=0.0)
 
 

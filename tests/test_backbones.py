@@ -15,6 +15,7 @@ from eapo_exp.backbones import (
     TinyBackbone,
     apply_lora,
     checkpointing_enabled,
+    contiguous_head_input,
     count_parameters,
     enable_checkpointing,
     load_adapter,
@@ -151,6 +152,42 @@ def test_lora_with_gradient_checkpointing_gets_grads():
     model(**enc, labels=labels).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None for g in grads)
+
+
+def test_contiguous_head_input_keeps_values_and_gradients():
+    """The hook only changes memory layout: same logits and LoRA gradients with logits_to_keep,
+    the head sees a contiguous input, and a second call registers nothing more."""
+    def loss_and_grads(model, enc):
+        model.zero_grad(set_to_none=True)
+        logits = model(**enc, logits_to_keep=5).logits
+        loss = torch.log_softmax(logits.float(), dim=-1)[..., 7].mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), grads
+
+    base = TinyBackbone(seed=0).load(TITLES)
+    enc, _ = _batch(base.tokenizer, TITLES[:4])
+    plain = apply_lora(TinyBackbone(seed=0).load(TITLES).model, r=4, alpha=8, dropout=0.0)
+    hooked_base = TinyBackbone(seed=0).load(TITLES).model
+    contiguous_head_input(hooked_base)
+    contiguous_head_input(hooked_base)
+    head = hooked_base.get_output_embeddings()
+    assert len(head._forward_pre_hooks) == 1
+    seen = []
+    head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    hooked = apply_lora(hooked_base, r=4, alpha=8, dropout=0.0)
+    for model in (plain, hooked):  # identical adapters, B non-zero: every gradient non-trivial
+        torch.manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.data.normal_(0, 0.02)
+    want_logits, want_grads = loss_and_grads(plain.train(), enc)
+    got_logits, got_grads = loss_and_grads(hooked.train(), enc)
+    assert seen == [True]
+    torch.testing.assert_close(got_logits, want_logits)
+    assert want_grads.keys() == got_grads.keys() and len(want_grads) > 0
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, msg=name)
 
 
 def test_lora_bad_target_is_model_error(tiny):

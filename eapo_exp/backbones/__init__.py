@@ -8,6 +8,7 @@ from eapo_exp.backbones.base import (
     Backbone,
     LoadedBackbone,
     checkpointing_enabled,
+    contiguous_head_input,
     count_parameters,
     enable_checkpointing,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "TinyBackbone",
     "apply_lora",
     "checkpointing_enabled",
+    "contiguous_head_input",
     "count_parameters",
     "enable_checkpointing",
     "load_adapter",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.backbones.base import LoadedBackbone
+from eapo_exp.backbones.base import LoadedBackbone, contiguous_head_input
 from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
@@ -15,7 +15,9 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet) -> LoadedBackbon
     loader = instantiate(backbone_cfg.loader)
     # Only the tiny backbone uses the corpus (to train its tokenizer).
     corpus = [t for t in samples.catalog.titles[1:] if t] + list(TEMPLATES.values())
-    return loader.load(corpus)
+    loaded = loader.load(corpus)
+    contiguous_head_input(loaded.model)
+    return loaded
 
 
 def attach_lora(model, lora_cfg: DictConfig):
