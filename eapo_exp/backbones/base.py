@@ -94,11 +94,12 @@ def _contiguous_first_input(_module, args):
 def contiguous_head_input(model) -> None:
     """Make the LM head's input contiguous before it is projected to the vocabulary.
 
-    With `logits_to_keep` the head sees `hidden_states[:, -k:]`, a strided slice. When that
-    slice requires grad (training), torch's matmul does not fold it into one [B*k, H] mm; it
-    runs a bmm against the [V, H] head weight expanded over the batch and copies that weight
-    once per row (SmolLM2: 4 x 49152 x 576 values, ~0.3 s of a ~2.7 s SFT step on 2 cores).
-    A contiguous copy of the small slice lets it fold. Same values; registered once.
+    With `logits_to_keep` the head sees `hidden_states[:, -k:]`, a strided slice, which
+    torch's matmul cannot fold into one [B*k, H] mm without a copy; in training it runs a bmm
+    against the [V, H] head weight expanded over the batch instead, copying that weight once
+    per row (profiled on SmolLM2, 4 x 270 tokens: 0.29 s of copies in a ~2.9 s step on 2
+    cores; no-grad evaluation showed no measurable change). A contiguous copy of the small
+    slice lets it fold. Same values; registered once.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "_eapo_contiguous_input", False):
