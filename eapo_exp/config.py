@@ -177,7 +177,9 @@ class HFLoaderConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     max_context: int = 4096
-    attn_implementation: str | None = None
+    # sdpa and flex_attention take the shared-prompt mask; other backends fall back to
+    # re-encoding the prompt for every completion (a warning says so).
+    attn_implementation: str | None = "sdpa"
 
 
 @dataclass

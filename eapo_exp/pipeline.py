@@ -1,5 +1,9 @@
 """Runs one job: validates the config, then each stage up to `cfg.stage`, reusing cached
-artifacts, and writes `config_resolved.yaml` and `metrics.json` into the job's output dir."""
+artifacts, and writes `config_resolved.yaml` and `metrics.json` into the job's output dir.
+
+Under `accelerate launch` every process runs the job (shared artifacts are built once,
+training and scoring are split over the processes); only the main process writes the job's
+outputs, history and W&B run."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
+from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import EapoError
 from eapo_exp.methods import method_label, method_name
 from eapo_exp.report.tables import format_metric_table
@@ -51,15 +56,20 @@ def print_tables(rows: dict[str, dict], splits, dataset: str) -> None:
             print(format_metric_table(present, title=f"{dataset} {split}"))
 
 
-def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
+def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
+               runtime: Runtime | None = None) -> dict:
     from eapo_exp.stages.data_stage import prepare_samples
 
+    runtime = runtime or default_runtime()
     stage = Stage(cfg.stage)
     cache = ArtifactCache(Path(cfg.paths.artifact_cache).resolve())
-    metrics: dict = {"stage": stage.value, "timings": {}}
+    metrics: dict = {"stage": stage.value, "timings": {},
+                     "runtime": {"device": str(runtime.device),
+                                 "num_processes": runtime.num_processes}}
+    show = print_tables if runtime.is_main else lambda *args: None
 
     started = time.perf_counter()
-    samples = prepare_samples(cfg.dataset, cache)
+    samples = prepare_samples(cfg.dataset, cache, runtime)
     metrics["timings"]["data_s"] = round(time.perf_counter() - started, 2)
     metrics["data"] = {**samples.stats, "fingerprint": samples.fingerprint}
 
@@ -67,9 +77,10 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
         from eapo_exp.stages.expert_stage import run_expert_stage
 
         started = time.perf_counter()
-        metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len))
+        metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len,
+                                        runtime))
         metrics["timings"]["expert_s"] = round(time.perf_counter() - started, 2)
-        print_tables({cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]},
+        show({cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]},
                      ("valid", "test"), cfg.dataset.name)
 
     if stage in (Stage.sft, Stage.preference, Stage.all):
@@ -78,7 +89,8 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
 
         started = time.perf_counter()
         adapter = prepare_sft(cfg, samples, cache,
-                              on_log=lambda step, values: tracker.log("sft", step, values))
+                              on_log=lambda step, values: tracker.log("sft", step, values),
+                              runtime=runtime)
         metrics["sft"] = sft_info(adapter)
         metrics["timings"]["sft_s"] = round(time.perf_counter() - started, 2)
         metrics["eval"] = {}
@@ -86,7 +98,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
             label = "sft" if adapter is not None else "zero_shot"
             started = time.perf_counter()
             metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label, cache,
-                                                      expert_artifact(metrics))
+                                                      expert_artifact(metrics), runtime)
             metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if stage in (Stage.preference, Stage.all):
@@ -102,25 +114,29 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path) -> dict:
             tracker.log("preference", step, values)
 
         artifact = prepare_preference(cfg, samples, cache, adapter,
-                                      Path(metrics["expert"]["artifact"]), on_log=log_preference)
+                                      Path(metrics["expert"]["artifact"]), on_log=log_preference,
+                                      runtime=runtime)
         metrics["preference"] = {"artifact": str(artifact),
                                  **json.loads((artifact / "info.json").read_text())}
-        if not logged_steps:  # trained by an earlier job: replay its curve into this job's history
+        if not logged_steps and runtime.is_main:  # trained earlier: replay its curve
             replay_training_curve(artifact / TRAINING_CURVE, "preference", tracker)
-        copy_training_arrays(artifact, out, tracker)
+        if runtime.is_main:
+            copy_training_arrays(artifact, out, tracker)
         metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label,
-                                                  cache, expert_artifact(metrics))
+                                                  cache, expert_artifact(metrics), runtime)
         metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
-    if metrics.get("eval"):
+    if metrics.get("eval") and runtime.is_main:
         metrics["analysis"] = collect_analysis(metrics["eval"], out)
-        print_tables(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
+        show(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
 
 
-def make_tracker(cfg: DictConfig, out: Path) -> RunTracker:
+def make_tracker(cfg: DictConfig, out: Path, runtime: Runtime) -> RunTracker:
+    if not runtime.is_main:  # one history and one W&B run per job
+        return RunTracker(out, backend="none", history=False)
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("paths.")]
     name = ",".join(overrides) or "default"
@@ -186,22 +202,30 @@ def objective(metrics: dict) -> float | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    out = output_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    runtime = default_runtime()
+    # Every process of a job writes into the main process's directory (a `${now:}` run
+    # directory could differ between processes by a second).
+    out = Path(runtime.broadcast(str(output_dir())))
+    main = runtime.is_main
+    if not main:  # the main process speaks for the job
+        logging.getLogger().setLevel(logging.WARNING)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     is_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    tracker = make_tracker(cfg, out)
+    tracker = make_tracker(cfg, out, runtime)
     try:
         validate_config(cfg)
         seed_everything(cfg.seed)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         started = time.perf_counter()
-        metrics = run_stages(cfg, tracker, out)
+        metrics = run_stages(cfg, tracker, out, runtime)
         metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
         metrics["status"] = "ok"
-        write_json(out / "metrics.json", metrics)
-        log.info("wrote %s", out / "metrics.json")
+        if main:
+            write_json(out / "metrics.json", metrics)
+            log.info("wrote %s", out / "metrics.json")
         tracker.summary({f"{label}/{split}/{k}": v for label, splits in metrics.get("eval", {}).items()
                          for split, values in splits.items() for k, v in values.items()
                          if isinstance(v, (int, float))})
@@ -210,8 +234,9 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as error:
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                    "stage": str(cfg.stage)}
-        write_json(out / "metrics.json", failure)
-        (out / "error.txt").write_text(traceback.format_exc())
+        if main:
+            write_json(out / "metrics.json", failure)
+            (out / "error.txt").write_text(traceback.format_exc())
         tracker.finish(failed=True)
         if is_sweep:  # one failed job must not end the sweep; the report lists it
             log.error("job failed: %s (traceback in %s)", failure["error"], out / "error.txt")

@@ -19,9 +19,11 @@ class RunTracker:
     def __init__(self, out_dir: Path, *, backend: str = "none", project: str = "eapo-exp",
                  mode: str = "offline", entity: str | None = None, name: str | None = None,
                  group: str | None = None, job_type: str | None = None,
-                 tags: list[str] | None = None, config: dict | None = None) -> None:
+                 tags: list[str] | None = None, config: dict | None = None,
+                 history: bool = True) -> None:
+        """history=False: keep no history.jsonl (a job's non-main processes)."""
         self.out_dir = Path(out_dir)
-        self.history_path = self.out_dir / "history.jsonl"
+        self.history_path = self.out_dir / "history.jsonl" if history else None
         self.wandb_run = None
         if backend == "wandb" and mode != "disabled":
             import wandb
@@ -35,8 +37,9 @@ class RunTracker:
 
     def log(self, phase: str, step: int, metrics: dict[str, Any]) -> None:
         record = {"phase": phase, "step": step, "time": time.time(), **metrics}
-        with open(self.history_path, "a") as handle:
-            handle.write(json.dumps(record, default=float) + "\n")
+        if self.history_path is not None:
+            with open(self.history_path, "a") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log({f"{phase}/{k}": v for k, v in metrics.items()
                                 if isinstance(v, (int, float))} | {f"{phase}/step": step})

@@ -25,6 +25,18 @@ def compose_config(overrides=()):
         return compose("config", overrides=list(overrides))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `gpu` where no CUDA device is visible (`pytest -m gpu` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def fast_config(tmp_path):
     def make(*overrides, cache: Path | None = None):

@@ -288,3 +288,38 @@ def test_smollm2_offline_scores_sensibly(smollm2):
     other = _completion_logprob(smollm2, prompt, " bicycle")
     assert math.isfinite(paris) and math.isfinite(other)
     assert paris > other + 3.0, (paris, other)
+
+
+def _captured_from_pretrained(monkeypatch, tiny, tmp_path):
+    import transformers
+
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    seen = {}
+
+    def fake(source, **kwargs):
+        seen.update(kwargs)
+        return tiny.model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
+    return seen
+
+
+def test_hf_loads_onto_the_local_rank_gpu_when_cuda_is_present(monkeypatch, tiny, tmp_path):
+    seen = _captured_from_pretrained(monkeypatch, tiny, tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    HFBackbone(name_or_path=str(tmp_path / "m"), dtype="float32").load()
+    assert seen["device_map"] == {"": "cuda:1"}
+    assert seen["attn_implementation"] == "sdpa"
+
+
+def test_hf_device_map_on_cpu_and_when_configured(monkeypatch, tiny, tmp_path):
+    seen = _captured_from_pretrained(monkeypatch, tiny, tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    HFBackbone(name_or_path=str(tmp_path / "m"), dtype="float32").load()
+    assert "device_map" not in seen
+    seen.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    HFBackbone(name_or_path=str(tmp_path / "m"), dtype="float32", device_map="auto").load()
+    assert seen["device_map"] == "auto"

@@ -264,7 +264,7 @@ def test_ml100k_falls_back_and_publishes_atomically(tmp_path, monkeypatch):
     data = MovieLens100KSource(cache_dir=str(cache)).load()
     assert calls == ["pip", "grouplens"] and len(data.interactions) == 4
     assert "GroupLens" in (cache / "ml-100k" / "SOURCE.txt").read_text()
-    assert sorted(p.name for p in cache.iterdir()) == [".ml-100k.lock", "ml-100k"]
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-100k"]  # claim released
     MovieLens100KSource(cache_dir=str(cache)).load()  # second load: cached, no fetch
     assert calls == ["pip", "grouplens"]
 

@@ -3,6 +3,10 @@
 Local directories and models already in the Hugging Face cache load without touching the
 network. A hub id that is not cached is downloaded only when the machine may go online
 (`HF_HUB_OFFLINE` unset); any failure becomes a one-line ModelError.
+
+With CUDA present and no `device_map`, the weights load straight onto this process's GPU
+(`cuda:$LOCAL_RANK`, as `accelerate launch` sets it) instead of into CPU memory first.
+Attention defaults to sdpa, which takes the shared-prompt mask (training/shared_prefix.py).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _one_line(exc: BaseException) -> str:
 class HFBackbone:
     def __init__(self, name_or_path: str, dtype: str = "auto", device_map: str | None = None,
                  gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 max_context: int = 4096, attn_implementation: str | None = None) -> None:
+                 max_context: int = 4096, attn_implementation: str | None = "sdpa") -> None:
         self.name_or_path = name_or_path
         self.dtype = dtype
         self.device_map = device_map
@@ -74,12 +78,23 @@ class HFBackbone:
                   "local_files_only": local_files_only}
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         kwargs = dict(common, dtype=resolve_dtype(self.dtype))
-        if self.device_map:
-            kwargs["device_map"] = self.device_map
+        device_map = self._device_map()
+        if device_map:
+            kwargs["device_map"] = device_map
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         return model, tokenizer
+
+    def _device_map(self) -> str | dict | None:
+        """The configured device_map, else this process's GPU when there is one."""
+        if self.device_map:
+            return self.device_map
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"}
 
     def _source(self) -> str:
         path = Path(self.name_or_path).expanduser()

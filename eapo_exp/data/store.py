@@ -60,7 +60,8 @@ def samples_spec(source_spec: dict, sample_params: dict) -> dict:
     return {"format": SAMPLES_FORMAT_VERSION, "source": source, "params": sample_params}
 
 
-def cached_samples(cache: ArtifactCache, spec: dict, build) -> SampleSet:
+def cached_samples(cache: ArtifactCache, spec: dict, build, runtime=None) -> SampleSet:
     """Load the samples for `spec` from the cache, building them with `build()` if absent."""
-    path = cache.get_or_build("samples", spec, lambda tmp: save_samples(build(), tmp))
+    path = cache.get_or_build("samples", spec, lambda tmp: save_samples(build(), tmp),
+                              runtime)
     return load_samples(path)

@@ -135,6 +135,7 @@ def rank_candidates(
     max_new_tokens: int | None = None,
     progress: bool = True,
     split: str = "test",
+    runtime=None,
 ) -> tuple[dict, list[dict]]:
     """Evaluate `model` on `samples` (rows of the sample schema; a datasets.Dataset or list).
 
@@ -143,6 +144,9 @@ def rank_candidates(
     plus n, mode, hr@1_convention, timing and truncation counts) and one prediction dict per
     sample (index, user, target, target_title, ranked_titles, ranked_items, target_rank,
     template, dropped_history; scores / beam_scores / generated+valid by mode).
+
+    With several processes each ranks a contiguous shard of the samples (a sample's template
+    depends on its global index only) and every process returns the gathered result.
     """
     if mode not in MODES:
         raise ConfigError(f"unknown ranking mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -150,9 +154,13 @@ def rank_candidates(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     from tqdm.auto import tqdm
 
+    from eapo_exp.distributed import default_runtime
+
+    runtime = runtime or default_runtime()
     rows = [dict(s) for s in samples]
     if not rows:
         raise DataError("no samples to evaluate")
+    shard = runtime.shard(len(rows))
     pad_id = _pad_id(builder)
     truncated_before = builder.stats["truncated_examples"]
     dropped_before = builder.stats["dropped_history_items"]
@@ -160,10 +168,12 @@ def rank_candidates(
     model.eval()
     predictions: list[dict] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(rows), unit="sample", desc=f"eval[{mode}]", disable=not progress)
+    bar = tqdm(total=len(shard), unit="sample", desc=f"eval[{mode}]",
+               disable=not progress or not runtime.is_main)
     try:
         with torch.no_grad():
-            for offset, chunk in _batches(rows, batch_size):
+            for local_offset, chunk in _batches(rows[shard.start:shard.stop], batch_size):
+                offset = shard.start + local_offset
                 examples = []
                 for i, sample in enumerate(chunk):
                     example = builder.build_sample(sample, catalog, split, offset + i)
@@ -188,6 +198,9 @@ def rank_candidates(
         bar.close()
         if was_training:
             model.train()
+    predictions = runtime.gather(predictions)
+    truncated = runtime.total(builder.stats["truncated_examples"] - truncated_before)
+    dropped = runtime.total(builder.stats["dropped_history_items"] - dropped_before)
     seconds = time.perf_counter() - start
 
     ranks = [p["target_rank"] for p in predictions]
@@ -206,8 +219,8 @@ def rank_candidates(
         hr1_convention=HR1_CONVENTION[mode],
         seconds=round(seconds, 3),
         samples_per_s=round(len(rows) / seconds, 3) if seconds > 0 else float("inf"),
-        truncated_prompts=builder.stats["truncated_examples"] - truncated_before,
-        dropped_history_items=builder.stats["dropped_history_items"] - dropped_before,
+        truncated_prompts=int(truncated),
+        dropped_history_items=int(dropped),
     )
     if mode == "score":
         metrics["length_normalize"] = bool(length_normalize)

@@ -4,12 +4,16 @@ Labels follow the Hugging Face convention: ``labels`` is aligned with ``input_id
 IGNORE_INDEX (−100) on every position that is not part of the response (prompt, padding).
 With ``shift=True`` (the default) the logits at position t predict the label at t + 1, as
 in a causal LM's own loss; pass ``shift=False`` when the labels are already shifted.
+Logits may be in any float dtype: the log-softmax runs in float32 a block of rows at a time
+(eapo_exp.losses.logprobs), never on a float32 copy of the whole [B, T, V] tensor.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
+
+from eapo_exp.losses.logprobs import token_logprobs
 
 IGNORE_INDEX = -100
 
@@ -23,23 +27,27 @@ def _align(logits: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tensor]
     return logits, labels
 
 
+def _response_token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(float32 log-probs of every label [B, T], 0 where ignored; response mask [B, T])."""
+    mask = labels != IGNORE_INDEX
+    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    logp = token_logprobs(logits, positions, labels.masked_fill(~mask, 0))
+    return logp * mask, mask
+
+
 def response_nll(logits: Tensor, labels: Tensor, *, shift: bool = True) -> Tensor:
     """Mean cross entropy over every response token of the batch (labels != −100).
 
     Returns 0 (with a graph) when the batch has no response token.
     """
     logits, labels = _align(logits, labels, shift)
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    count = (labels != IGNORE_INDEX).sum()
-    return total / count.clamp(min=1).to(total.dtype)
+    logp, mask = _response_token_logprobs(logits, labels)
+    return -logp.sum() / mask.sum().clamp(min=1).to(logp.dtype)
 
 
 def sequence_logps(logits: Tensor, labels: Tensor, *,
                    shift: bool = True) -> tuple[Tensor, Tensor]:
     """(summed log πθ(response) [B], response token counts [B]) for the preference losses."""
     logits, labels = _align(logits, labels, shift)
-    b, t = labels.shape
-    token_nll = F.cross_entropy(logits.reshape(b * t, -1).float(), labels.reshape(-1),
-                                ignore_index=IGNORE_INDEX, reduction="none").view(b, t)
-    return -token_nll.sum(dim=-1), (labels != IGNORE_INDEX).sum(dim=-1)
+    logp, mask = _response_token_logprobs(logits, labels)
+    return logp.sum(dim=-1), mask.sum(dim=-1)

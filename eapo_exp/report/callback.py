@@ -8,6 +8,7 @@ A failing report never fails the sweep: the jobs' results are already on disk an
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ class SweepReport(Callback):
         self.wandb = bool(wandb)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
+        # Under `accelerate launch` every process runs the sweep; the main one reports it.
+        if not self.enabled or int(os.environ.get("RANK", "0")) != 0:
             return
         from eapo_exp.report.cli import main
 

@@ -24,7 +24,7 @@ def sample_params(dataset_cfg: DictConfig) -> dict:
             for key in SAMPLE_PARAM_KEYS}
 
 
-def prepare_samples(dataset_cfg: DictConfig, cache: ArtifactCache) -> SampleSet:
+def prepare_samples(dataset_cfg: DictConfig, cache: ArtifactCache, runtime=None) -> SampleSet:
     params = sample_params(dataset_cfg)
     source_spec = OmegaConf.to_container(dataset_cfg.source, resolve=True)
     spec = samples_spec(source_spec, {**params, "item_noun": dataset_cfg.item_noun})
@@ -38,7 +38,7 @@ def prepare_samples(dataset_cfg: DictConfig, cache: ArtifactCache) -> SampleSet:
                              num_negatives=params["num_negatives"],
                              split_ratios=params["split_ratios"], seed=params["sample_seed"])
 
-    samples = cached_samples(cache, spec, build)
+    samples = cached_samples(cache, spec, build, runtime)
     log_data_stats(dataset_cfg.name, samples.stats)
     return samples
 

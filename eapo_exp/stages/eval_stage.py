@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from eapo_exp.backbones.lora import load_adapter
 from eapo_exp.cache import ArtifactCache, directory_digest, fingerprint
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
 from eapo_exp.evaluation.analysis import error_analysis
 from eapo_exp.evaluation.ranking import rank_candidates
@@ -33,9 +34,10 @@ def evaluation_rows(samples: SampleSet, split: str, eval_cfg: DictConfig):
 
 
 def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out_dir: Path,
-                   expert=None, history_len: int = 10) -> dict:
+                   expert=None, history_len: int = 10, runtime=None) -> dict:
     """Metrics per split, predictions in out_dir/predictions_<split>.jsonl; with an expert,
-    also the error analysis of each split under results[split]["analysis"]."""
+    also the error analysis of each split under results[split]["analysis"]. Samples are
+    sharded over the runtime's processes; every process gets the whole result."""
     results = {}
     for split in eval_cfg.splits:
         rows = evaluation_rows(samples, split, eval_cfg)
@@ -46,7 +48,8 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
         metrics, predictions = rank_candidates(
             model, builder, rows, samples.catalog, mode=eval_cfg.mode,
             batch_size=eval_cfg.batch_size, length_normalize=eval_cfg.length_normalize,
-            beam_width=eval_cfg.beam_width, max_new_tokens=eval_cfg.max_new_tokens, split=split)
+            beam_width=eval_cfg.beam_width, max_new_tokens=eval_cfg.max_new_tokens, split=split,
+            runtime=runtime)
         results[split] = metrics
         if expert is not None:
             scores = score_candidates(expert, rows["history"], rows["candidates"], history_len)
@@ -73,25 +76,29 @@ def evaluation_spec(cfg: DictConfig, samples: SampleSet, adapter: Path | None,
 
 
 def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, out_dir: Path,
-                     label: str, cache: ArtifactCache, expert_artifact: Path | None = None) -> dict:
+                     label: str, cache: ArtifactCache, expert_artifact: Path | None = None,
+                     runtime: Runtime | None = None) -> dict:
     """Evaluate the backbone (+ adapter) once per spec: a rerun, or another sweep job that
-    evaluates the same cached model, reuses the stored metrics and predictions."""
+    evaluates the same cached model, reuses the stored metrics and predictions. Only the
+    main process copies predictions into `out_dir`."""
+    runtime = runtime or default_runtime()
 
     def build(directory: Path) -> None:
-        loaded = load_backbone(cfg.backbone, samples)
+        loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
-        expert = load_expert(expert_artifact) if expert_artifact else None
+        expert = (load_expert(expert_artifact, map_location=runtime.device)
+                  if expert_artifact else None)
         log.info("evaluating %s", label)
         results = evaluate_model(model, builder, samples, cfg.eval, directory, expert,
-                                 cfg.dataset.history_len)
+                                 cfg.dataset.history_len, runtime)
         (directory / "results.json").write_text(json.dumps(results, indent=2, default=float))
 
     spec = evaluation_spec(cfg, samples, adapter, expert_artifact)
-    if not cfg.eval.reuse_cached:
+    if not cfg.eval.reuse_cached and runtime.is_main:
         shutil.rmtree(cache.path("evaluations", fingerprint(spec)), ignore_errors=True)
-    artifact = cache.get_or_build("evaluations", spec, build)
-    if cfg.eval.write_predictions:
+    artifact = cache.get_or_build("evaluations", spec, build, runtime, collective=True)
+    if cfg.eval.write_predictions and runtime.is_main:
         for path in sorted(artifact.glob("predictions_*.jsonl")):
             split = path.stem.removeprefix("predictions_")
             shutil.copyfile(path, out_dir / f"predictions_{label}_{split}.jsonl")

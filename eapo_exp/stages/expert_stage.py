@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.cache import ArtifactCache, fingerprint
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
 from eapo_exp.experts import PopularityRanker
 from eapo_exp.experts.training import evaluate_scorer, load_expert, save_expert, train_expert
@@ -29,8 +30,10 @@ def expert_spec(expert_cfg: DictConfig, samples: SampleSet) -> dict:
 
 
 def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
-                   history_len: int) -> tuple[object, Path]:
-    """Return the trained expert (eval mode) and its artifact directory."""
+                   history_len: int, runtime: Runtime | None = None) -> tuple[object, Path]:
+    """Return the trained expert (eval mode, on the runtime's device) and its artifact
+    directory. The main process trains it; the others load it."""
+    runtime = runtime or default_runtime()
     spec = expert_spec(expert_cfg, samples)
     if not expert_cfg.train_if_missing and not cache.exists("experts", fingerprint(spec)):
         raise ConfigError(f"expert.train_if_missing=false but no trained {expert_cfg.name} expert "
@@ -46,11 +49,11 @@ def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCa
                             batch_size=expert_cfg.batch_size, max_epochs=expert_cfg.max_epochs,
                             patience=expert_cfg.patience, weight_decay=expert_cfg.weight_decay,
                             data_fraction=expert_cfg.data_fraction, seed=expert_cfg.seed,
-                            min_delta=expert_cfg.min_delta)
+                            min_delta=expert_cfg.min_delta, device=runtime.device)
         save_expert(model, directory, info, spec)
 
-    path = cache.get_or_build("experts", spec, build)
-    return load_expert(path), path
+    path = cache.get_or_build("experts", spec, build, runtime)
+    return load_expert(path, map_location=runtime.device), path
 
 
 def evaluate_on_splits(scorer, samples: SampleSet, history_len: int) -> dict:
@@ -62,8 +65,8 @@ def evaluate_on_splits(scorer, samples: SampleSet, history_len: int) -> dict:
 
 
 def run_expert_stage(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
-                     history_len: int) -> dict:
-    expert, path = prepare_expert(expert_cfg, samples, cache, history_len)
+                     history_len: int, runtime: Runtime | None = None) -> dict:
+    expert, path = prepare_expert(expert_cfg, samples, cache, history_len, runtime)
     training = json.loads((path / "metrics.json").read_text())
     popularity = PopularityRanker(samples.catalog.num_items)
     popularity.fit(samples.split("train"))

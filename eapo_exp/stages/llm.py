@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -10,12 +13,25 @@ from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
 
+log = logging.getLogger(__name__)
 
-def load_backbone(backbone_cfg: DictConfig, samples: SampleSet) -> LoadedBackbone:
+
+LARGE_ON_CPU = 2_000_000_000  # parameters
+
+
+def load_backbone(backbone_cfg: DictConfig, samples: SampleSet,
+                  device: torch.device | str | None = None) -> LoadedBackbone:
+    """The backbone on `device` (the runtime's: every forward runs there)."""
     loader = instantiate(backbone_cfg.loader)
     # Only the tiny backbone uses the corpus (to train its tokenizer).
     corpus = [t for t in samples.catalog.titles[1:] if t] + list(TEMPLATES.values())
     loaded = loader.load(corpus)
+    if device is not None:
+        loaded.model.to(device)  # a no-op for loaders that placed it there already
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    if loaded.model.device.type == "cpu" and parameters > LARGE_ON_CPU:
+        log.warning("%s has %.1fB parameters and runs on the CPU (no CUDA device visible): "
+                    "every forward will be slow", loaded.name, parameters / 1e9)
     contiguous_head_input(loaded.model)
     return loaded
 

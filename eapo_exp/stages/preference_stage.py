@@ -16,11 +16,12 @@ from eapo_exp.backbones.lora import load_adapter, save_adapter
 from eapo_exp.build import build_object
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.distributed import Runtime, default_runtime, gather_in_order
 from eapo_exp.errors import ConfigError
 from eapo_exp.experts.training import load_expert, score_candidates
 from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
-from eapo_exp.training.loop import LoopSettings
+from eapo_exp.training.loop import LoopSettings, check_split
 from eapo_exp.training.preference import PreferenceBatches, PreferenceStep, train_preference
 from eapo_exp.training.preference_data import compute_logps, make_examples
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 PREFERENCE_FORMAT_VERSION = 1
 
 
-def validate_preference(cfg: DictConfig) -> None:
+def validate_preference(cfg: DictConfig, num_processes: int = 1) -> None:
     pcfg = cfg.train.preference
     if not 1 <= pcfg.num_rejected <= cfg.dataset.num_negatives:
         raise ConfigError(f"train.preference.num_rejected must be in [1, dataset.num_negatives="
@@ -40,8 +41,14 @@ def validate_preference(cfg: DictConfig) -> None:
             raise ConfigError(f"train.preference.{key} must be > 0, got {pcfg[key]}")
     if pcfg.max_steps <= 0 and pcfg.epochs <= 0:
         raise ConfigError("train.preference needs epochs > 0 or max_steps > 0")
+    check_split("train.preference.grad_accum", pcfg.grad_accum, num_processes)
     build_object(cfg.loss)  # constructors validate their own values (beta > 0, tau > 0, ...)
-    build_object(cfg.beta_schedule)
+    schedule = build_object(cfg.beta_schedule)
+    if num_processes > 1 and schedule.state_dict():
+        raise ConfigError(
+            f"beta_schedule={cfg.beta_schedule.name} keeps running batch statistics, which "
+            f"each of the {num_processes} processes would update from its own micro-batches "
+            "only; run it on one process")
 
 
 def examples_spec(cfg: DictConfig, samples: SampleSet) -> dict:
@@ -60,48 +67,54 @@ def load_examples(cfg: DictConfig, samples: SampleSet):
 
 
 def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
-                    sft_adapter: Path | None, examples) -> dict[str, torch.Tensor]:
+                    sft_adapter: Path | None, examples,
+                    runtime: Runtime) -> dict[str, torch.Tensor]:
+    """Log-probs of every example's completions under the frozen reference, sharded over
+    the processes and gathered."""
     spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
             "reference": str(sft_adapter.parent.name) if sft_adapter else "base",
             "backbone": backbone_spec(cfg.backbone),
             "prompt": OmegaConf.to_container(cfg.prompt, resolve=True)}
 
     def build(directory: Path) -> None:
-        loaded = load_backbone(cfg.backbone, samples)
+        loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = load_adapter(loaded.model, sft_adapter) if sft_adapter else loaded.model
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         tensors = compute_logps(model, builder, samples.catalog, examples,
                                 cfg.train.preference.reference_batch_size,
-                                loaded.tokenizer.pad_token_id)
+                                loaded.tokenizer.pad_token_id, runtime=runtime)
         torch.save(tensors, directory / "reference.pt")
 
-    path = cache.get_or_build("reference_logps", spec, build)
+    path = cache.get_or_build("reference_logps", spec, build, runtime, collective=True)
     return torch.load(path / "reference.pt", weights_only=True)
 
 
 def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, expert_dir: Path,
-                  examples) -> torch.Tensor:
+                  examples, runtime: Runtime) -> torch.Tensor:
+    """The expert's score of every example's [chosen] + rejected items (main process: a
+    small sequential model scores them all in a few batches)."""
     spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
             "expert": expert_dir.name}
 
     def build(directory: Path) -> None:
-        expert = load_expert(expert_dir)
+        expert = load_expert(expert_dir, map_location=runtime.device)
         scores = score_candidates(expert, [e.sample["history"] for e in examples],
                                   [e.items for e in examples], cfg.dataset.history_len)
         torch.save(torch.as_tensor(np.asarray(scores), dtype=torch.float32),
                    directory / "scores.pt")
 
-    path = cache.get_or_build("expert_scores", spec, build)
+    path = cache.get_or_build("expert_scores", spec, build, runtime)
     return torch.load(path / "scores.pt", weights_only=True)
 
 
 def final_discrepancy(model, builder, samples: SampleSet, examples, reference, pcfg,
-                      pad_id: int) -> np.ndarray:
+                      pad_id: int, runtime: Runtime) -> np.ndarray:
     """Chosen-minus-rejected log-ratio (r_w - r_l, no beta) of every training pair of the
     first `analysis_samples` examples under the trained policy (paper Fig. 1b, 3)."""
     count = min(len(examples), pcfg.analysis_samples)
     final = compute_logps(model, builder, samples.catalog, examples[:count],
-                          pcfg.reference_batch_size, pad_id, "reward discrepancy")["logps"]
+                          pcfg.reference_batch_size, pad_id, "reward discrepancy",
+                          runtime=runtime)["logps"]
     ratios = final - reference["logps"][:count] if reference is not None else final
     return (ratios[:, :1] - ratios[:, 1:]).flatten().numpy()
 
@@ -123,9 +136,10 @@ TRAINING_CURVE = "training_curve.jsonl"
 
 def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                        sft_adapter: Path | None, expert_dir: Path | None,
-                       on_log=None) -> Path:
+                       on_log=None, runtime: Runtime | None = None) -> Path:
     """Directory of the trained preference artifact (adapter/, info.json, betas.npy, ...)."""
-    validate_preference(cfg)
+    runtime = runtime or default_runtime()
+    validate_preference(cfg, runtime.num_processes)
     pcfg = cfg.train.preference
     loss = build_object(cfg.loss)
     schedule = build_object(cfg.beta_schedule)
@@ -137,10 +151,10 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
     def build(directory: Path) -> None:
         examples = load_examples(cfg, samples)
         reference = (None if loss.reference_free
-                     else reference_logps(cfg, samples, cache, sft_adapter, examples))
-        scores = (expert_scores(cfg, samples, cache, expert_dir, examples)
+                     else reference_logps(cfg, samples, cache, sft_adapter, examples, runtime))
+        scores = (expert_scores(cfg, samples, cache, expert_dir, examples, runtime)
                   if expert_dir is not None else None)
-        loaded = load_backbone(cfg.backbone, samples)
+        loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
                  else attach_lora(loaded.model, cfg.backbone.lora))
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
@@ -165,21 +179,26 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
             if on_log is not None:
                 on_log(step_number, values)
 
-        info = train_preference(model, step, settings, work / "checkpoints", on_log=record)
+        info = train_preference(model, step, settings, work / "checkpoints", on_log=record,
+                                runtime=runtime)
         # Kept with the artifact so a job that reuses it still has the training curve.
         with open(directory / TRAINING_CURVE, "w") as handle:
             handle.writelines(json.dumps(row, default=float) + "\n" for row in curve)
         save_adapter(model, directory / "adapter")
         np.save(directory / "reward_discrepancy.npy",
                 final_discrepancy(model, builder, samples, examples, reference, pcfg,
-                                  loaded.tokenizer.pad_token_id))
-        if step.pair_betas:  # pairs seen in this process (a resumed run: since the resume)
-            np.save(directory / "train_betas.npy", torch.cat(step.pair_betas).numpy())
-            np.save(directory / "train_discrepancy.npy",
-                    torch.cat(step.pair_discrepancies).numpy())
+                                  loaded.tokenizer.pad_token_id, runtime))
+        # Pairs seen by every process in global micro-batch order (a resumed run: since the
+        # resume).
+        betas = gather_in_order(runtime, step.pair_betas)
+        discrepancies = gather_in_order(runtime, step.pair_discrepancies)
+        if betas:
+            np.save(directory / "train_betas.npy", torch.cat(betas).numpy())
+            np.save(directory / "train_discrepancy.npy", torch.cat(discrepancies).numpy())
         info.update({"examples": len(examples), "num_rejected": pcfg.num_rejected})
         (directory / "info.json").write_text(json.dumps(info, indent=2, default=float))
 
-    path = cache.get_or_build("preference", spec, build)
-    shutil.rmtree(work, ignore_errors=True)
+    path = cache.get_or_build("preference", spec, build, runtime, collective=True)
+    if runtime.is_main:
+        shutil.rmtree(work, ignore_errors=True)
     return path

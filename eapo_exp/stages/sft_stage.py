@@ -12,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from eapo_exp.backbones.lora import save_adapter
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
 from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
 from eapo_exp.training.batches import subset_indices
-from eapo_exp.training.loop import LoopSettings
+from eapo_exp.training.loop import LoopSettings, check_split
 from eapo_exp.training.sft import SFTBatches, train_sft
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 SFT_FORMAT_VERSION = 1
 
 
-def validate_sft(sft_cfg: DictConfig) -> None:
+def validate_sft(sft_cfg: DictConfig, num_processes: int = 1) -> None:
     for key in ("batch_size", "grad_accum", "lr", "checkpoint_every", "log_every"):
         if sft_cfg[key] <= 0:
             raise ConfigError(f"train.sft.{key} must be > 0, got {sft_cfg[key]}")
+    check_split("train.sft.grad_accum", sft_cfg.grad_accum, num_processes)
     if sft_cfg.max_steps <= 0 and sft_cfg.epochs <= 0:
         raise ConfigError("train.sft needs epochs > 0 or max_steps > 0")
 
@@ -39,17 +41,19 @@ def sft_spec(cfg: DictConfig, samples: SampleSet) -> dict:
 
 
 def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
-                on_log=None) -> Path | None:
-    """Path of the trained SFT adapter (trained now or reused), None for zero-shot."""
+                on_log=None, runtime: Runtime | None = None) -> Path | None:
+    """Path of the trained SFT adapter (trained now or reused), None for zero-shot.
+    With several processes every one of them trains (DDP); the main one saves."""
     sft_cfg = cfg.train.sft
     if not sft_cfg.enabled:
         return None
-    validate_sft(sft_cfg)
+    runtime = runtime or default_runtime()
+    validate_sft(sft_cfg, runtime.num_processes)
     spec = sft_spec(cfg, samples)
     work = cache.work_dir("sft", spec)
 
     def build(directory: Path) -> None:
-        loaded = load_backbone(cfg.backbone, samples)
+        loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = attach_lora(loaded.model, cfg.backbone.lora)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         train = samples.split("train")
@@ -67,13 +71,15 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                                 log_every=sft_cfg.log_every)
         log.info("SFT: %d training prompts, %d steps of %d x %d", len(rows), total,
                  sft_cfg.batch_size, sft_cfg.grad_accum)
-        info = train_sft(model, batches, settings, work / "checkpoints", on_log=on_log)
+        info = train_sft(model, batches, settings, work / "checkpoints", on_log=on_log,
+                         runtime=runtime)
         info.update({"train_samples": len(rows), "prompt_stats": dict(builder.stats)})
         save_adapter(model, directory / "adapter")
         (directory / "info.json").write_text(json.dumps(info, indent=2))
 
-    path = cache.get_or_build("sft", spec, build)
-    shutil.rmtree(work, ignore_errors=True)
+    path = cache.get_or_build("sft", spec, build, runtime, collective=True)
+    if runtime.is_main:
+        shutil.rmtree(work, ignore_errors=True)
     return path / "adapter"
 
 

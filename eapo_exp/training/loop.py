@@ -5,12 +5,15 @@ parameters, warmup + cosine or constant LR, gradient accumulation, clipping, a N
 guard, periodic resumable checkpoints, and a metric history. The stage supplies
 `step_loss(step, micro_index) -> (loss, stats)` for each micro-batch.
 
-Runs single-process by default; under `accelerate launch` each process takes every
-world_size-th micro-batch and gradients are averaged by accelerate.
+Under `accelerate launch` with N processes, the grad_accum micro-batches of a step are split
+into N equal contiguous blocks, one per process; each process scales its loss by 1/(its
+micro-batch count) and DDP averages the gradients, so a step equals the one-process step
+over the same global batch. Logged statistics are averaged over processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -20,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from eapo_exp.errors import EapoError
+from eapo_exp.distributed import Runtime, default_runtime
+from eapo_exp.errors import ConfigError, EapoError
 from eapo_exp.training.checkpoint import (
     latest_checkpoint,
     load_adapter_weights,
+    load_rng_state,
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
@@ -37,6 +41,23 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(EapoError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_split(key: str, grad_accum: int, num_processes: int) -> None:
+    """Every process must run the same number of micro-batches per optimizer step."""
+    if grad_accum % num_processes:
+        raise ConfigError(
+            f"{key}={grad_accum} cannot be split evenly over {num_processes} processes: use a "
+            f"multiple of {num_processes} (each process runs {key}/{num_processes} micro-batches "
+            "per optimizer step, so the global batch is batch_size x grad_accum whatever the "
+            "process count)")
+
+
+def local_micro_batches(grad_accum: int, num_processes: int, process_index: int) -> range:
+    """The micro-batch indices (of 0..grad_accum-1) that one process runs in every step."""
+    check_split("grad_accum", grad_accum, num_processes)
+    per_process = grad_accum // num_processes
+    return range(process_index * per_process, (process_index + 1) * per_process)
 
 
 @dataclass
@@ -58,7 +79,7 @@ StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
 class TrainLoop:
     def __init__(self, model, settings: LoopSettings, checkpoint_dir: Path,
                  on_log: Callable[[int, dict[str, Any]], None] | None = None,
-                 extra_state: Any = None, accelerator: Accelerator | None = None,
+                 extra_state: Any = None, runtime: Runtime | None = None,
                  progress: bool = True, description: str = "train") -> None:
         """extra_state: an object with state_dict()/load_state_dict() saved with every
         checkpoint (the beta schedule's running statistics), or None."""
@@ -69,7 +90,11 @@ class TrainLoop:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.on_log = on_log
         self.extra_state = extra_state
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.runtime = runtime or default_runtime()
+        self.accelerator = self.runtime.accelerator
+        self.micro_batches = local_micro_batches(settings.grad_accum,
+                                                 self.accelerator.num_processes,
+                                                 self.accelerator.process_index)
         self.progress = progress
         self.description = description
         params = [p for p in model.parameters() if p.requires_grad]
@@ -85,31 +110,58 @@ class TrainLoop:
             scheduler = get_constant_schedule_with_warmup(self.optimizer, warmup)
         else:
             raise EapoError(f"unknown LR schedule {settings.schedule!r}; use cosine or constant")
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            model, self.optimizer, scheduler)
+        # The scheduler stays unprepared: accelerate would step it once per process.
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.scheduler = scheduler
         self.start_step = self._resume()
 
     def _resume(self) -> int:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         if checkpoint is None:
             return 0
-        state = load_trainer_state(checkpoint)
-        load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        acc = self.accelerator
+        state = load_trainer_state(checkpoint, self.runtime.device)
+        load_adapter_weights(acc.unwrap_model(self.model), checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(load_rng_state(checkpoint, acc.process_index))
         if self.extra_state is not None and state["extra"].get("extra") is not None:
             self.extra_state.load_state_dict(state["extra"]["extra"])
         log.info("resumed %s from %s (step %d)", self.description, checkpoint, state["step"])
         return int(state["step"])
 
     def _checkpoint(self, step: int) -> None:
-        if not self.accelerator.is_main_process:
-            return
+        acc = self.accelerator
         extra = {"extra": self.extra_state.state_dict() if self.extra_state is not None else None}
-        save_checkpoint(self.checkpoint_dir, step, self.accelerator.unwrap_model(self.model),
-                        self.optimizer, self.scheduler, extra)
+        save_checkpoint(self.checkpoint_dir, step, acc.unwrap_model(self.model), self.optimizer,
+                        self.scheduler, extra, process_index=acc.process_index,
+                        num_processes=acc.num_processes, barrier=acc.wait_for_everyone)
+
+    def _accumulate(self, step: int, step_loss: StepLoss) -> dict[str, float]:
+        """Forward/backward of this process's micro-batches; stats averaged over all of them.
+        Gradients are synchronised once, after the last micro-batch."""
+        acc = self.accelerator
+        local = self.micro_batches
+        sums: dict[str, float] = {}
+        bad_micro = -1
+        for position, micro in enumerate(local):
+            loss, stats = step_loss(step, micro)
+            if not torch.isfinite(loss) and bad_micro < 0:
+                bad_micro = micro
+            sync = position == len(local) - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                acc.backward(loss / len(local))
+            for key, value in {"loss": loss.item(), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / len(local)
+        # Every process must stop together, or the others would wait in the next collective.
+        if self.runtime.total(float(bad_micro >= 0)) > 0:
+            where = f"micro-batch {bad_micro}" if bad_micro >= 0 else "on another process"
+            raise TrainingDiverged(
+                f"{self.description}: the loss is not finite at step {step + 1} ({where}); "
+                "last good checkpoint kept in "
+                f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
+        return self.runtime.mean(sums)
 
     def run(self, step_loss: StepLoss) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -122,18 +174,7 @@ class TrainLoop:
         bar = tqdm(total=s.total_steps, initial=self.start_step, desc=self.description,
                    disable=not self.progress or not acc.is_main_process, unit="step")
         for step in range(self.start_step, s.total_steps):
-            sums: dict[str, float] = {}
-            micro_indices = range(acc.process_index, s.grad_accum, acc.num_processes)
-            for micro in micro_indices:
-                loss, stats = step_loss(step, micro)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"{self.description}: loss is {loss.item()} at step {step + 1} "
-                        f"(micro-batch {micro}); last good checkpoint kept in "
-                        f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
-                acc.backward(loss / s.grad_accum)
-                for key, value in {"loss": loss.item(), **stats}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) / len(micro_indices)
+            sums = self._accumulate(step, step_loss)
             if s.max_grad_norm > 0:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
                 sums["grad_norm"] = float(grad_norm)

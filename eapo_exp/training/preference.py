@@ -57,8 +57,9 @@ class PreferenceStep:
         self.loss = loss
         self.schedule = schedule
         self.pad_id = pad_id
-        self.pair_betas: list[torch.Tensor] = []
-        self.pair_discrepancies: list[torch.Tensor] = []
+        # (global micro-batch index, tensor): processes' records merge in training order.
+        self.pair_betas: list[tuple[int, torch.Tensor]] = []
+        self.pair_discrepancies: list[tuple[int, torch.Tensor]] = []
 
     def __call__(self, step: int, micro: int):
         b = self.batches
@@ -80,14 +81,16 @@ class PreferenceStep:
             expert_rejected=scores[:, 1:] if scores is not None else None))
         result = self.loss(self.schedule.restrict(logps), beta)
         mask = result.rejected_mask
-        self.pair_betas.append(result.beta[mask].cpu())
-        self.pair_discrepancies.append(result.logratio_discrepancy[mask].cpu())
+        order = step * b.grad_accum + micro
+        self.pair_betas.append((order, result.beta[mask].cpu()))
+        self.pair_discrepancies.append((order, result.logratio_discrepancy[mask].cpu()))
         return result.loss, result.stats()
 
 
 def train_preference(model, step: PreferenceStep, settings: LoopSettings, checkpoint_dir: Path,
-                     on_log: Callable | None = None, progress: bool = True) -> dict:
+                     on_log: Callable | None = None, progress: bool = True,
+                     runtime=None) -> dict:
     loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
-                     extra_state=step.schedule, description="preference")
+                     extra_state=step.schedule, description="preference", runtime=runtime)
     step.model = loop.model
     return loop.run(step)

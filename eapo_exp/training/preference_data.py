@@ -16,6 +16,7 @@ import torch
 
 from eapo_exp.data.prompts import PromptBuilder, PromptExample
 from eapo_exp.data.schema import ItemCatalog
+from eapo_exp.distributed import Runtime, default_runtime, gather_in_order
 from eapo_exp.errors import ConfigError
 from eapo_exp.training.shared_prefix import completion_logprobs
 
@@ -67,15 +68,24 @@ def tokenize_example(builder: PromptBuilder, catalog: ItemCatalog,
 @torch.no_grad()
 def compute_logps(model, builder: PromptBuilder, catalog: ItemCatalog,
                   examples: list[PreferenceExample], batch_size: int, pad_id: int,
-                  description: str = "reference log-probs") -> dict[str, torch.Tensor]:
-    """Summed log-probs [N, K + 1] and token counts of every example's completions."""
+                  description: str = "reference log-probs",
+                  runtime: Runtime | None = None) -> dict[str, torch.Tensor]:
+    """Summed log-probs [N, K + 1] and token counts of every example's completions; each
+    process scores its shard of the examples and every process gets them all."""
     from tqdm.auto import tqdm
 
+    runtime = runtime or default_runtime()
+    shard = runtime.shard(len(examples))
+    was_training = model.training
     model.eval()
-    logps, counts = [], []
-    for start in tqdm(range(0, len(examples), batch_size), desc=description, unit="batch"):
-        chunk = [tokenize_example(builder, catalog, e) for e in examples[start:start + batch_size]]
+    rows: list[tuple[int, tuple[torch.Tensor, torch.Tensor]]] = []
+    for start in tqdm(range(shard.start, shard.stop, batch_size), desc=description,
+                      unit="batch", disable=not runtime.is_main):
+        stop = min(start + batch_size, shard.stop)
+        chunk = [tokenize_example(builder, catalog, e) for e in examples[start:stop]]
         out = completion_logprobs(model, [p for p, _ in chunk], [c for _, c in chunk], pad_id)
-        logps.append(out.logprobs.float().cpu())
-        counts.append(out.counts.cpu())
-    return {"logps": torch.cat(logps), "counts": torch.cat(counts)}
+        rows.append((start, (out.logprobs.float().cpu(), out.counts.cpu())))
+    model.train(was_training)
+    pieces = gather_in_order(runtime, rows)
+    return {"logps": torch.cat([lp for lp, _ in pieces]),
+            "counts": torch.cat([c for _, c in pieces])}

@@ -60,10 +60,10 @@ class SFTBatches:
 
 
 def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir: Path,
-              on_log: Callable | None = None, progress: bool = True) -> dict:
+              on_log: Callable | None = None, progress: bool = True, runtime=None) -> dict:
     """Train the LoRA-wrapped `model` in place; returns loop statistics."""
     loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
-                     description="sft")
+                     description="sft", runtime=runtime)
     device = loop.accelerator.device
 
     def step_loss(step: int, micro: int):
@@ -71,7 +71,8 @@ def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir
         keep = batch["logits_to_keep"]
         logits = loop.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             position_ids=batch["position_ids"], logits_to_keep=keep).logits
-        loss = response_nll(logits.float(), batch["labels"][:, -keep:])
+        # Logits stay in the model dtype: response_nll upcasts a block of rows at a time.
+        loss = response_nll(logits, batch["labels"][:, -keep:])
         return loss, {"response_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}
 
     return loop.run(step_loss)

@@ -14,15 +14,21 @@ sequence. Because all prompts end at the same column, only the last (completion 
 positions need logits (`logits_to_keep`), which also keeps the vocab projection small.
 
 transformers 5.x passes a 4D `attention_mask` through `create_causal_mask` unchanged (it
-returns early for any 4D tensor) to the attention function: eager *adds* it to the scores
-(so it must be an additive float mask: 0 where allowed, dtype-min elsewhere; a bool mask
-would be silently wrong), sdpa hands it to `scaled_dot_product_attention` (bool = allowed, or
-additive float). We build a bool mask for sdpa and an additive mask in the model dtype for
-eager. Flash-attention and flex backends cannot take this mask; for them we fall back to the
-naive computation with a warning.
+returns early for any 4D tensor or flex `BlockMask`) to the attention function, so the mask
+is built per backend:
+- sdpa: a bool mask (True = allowed) for `scaled_dot_product_attention`;
+- eager: an additive mask in the model dtype (0 where allowed, dtype-min elsewhere), because
+  eager *adds* the mask to the scores (a bool mask would be silently wrong);
+- flex_attention: a `BlockMask` from `create_block_mask`, whose mask_mod applies the same
+  segment/causal rule (torch's CPU flex kernel has no backward: flex trains on GPU only).
+Any other backend (flash_attention_2, ...) cannot take a custom mask: we fall back to the
+naive computation, which re-encodes the prompt for every completion (~K+1 times the tokens,
+~10x when scoring 21 candidates), and warn once per process.
 
-Everything is differentiable: the preference trainer backprops through these log-probs (LoRA
-via peft included: the wrapped model forwards the 4D mask, position_ids and logits_to_keep).
+The model may be a DistributedDataParallel wrapper: the config and embeddings are read from
+the wrapped module, while the forward goes through the wrapper (it syncs the gradients).
+Log-probs are taken from the logits a block of rows at a time in float32
+(eapo_exp.losses.logprobs), never from a float32 copy of all the logits.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-SUPPORTED_ATTENTION = ("eager", "sdpa")
+from eapo_exp.losses.logprobs import token_logprobs
+
+SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")
+_warned_naive = False
 
 
 class CompletionLogprobs(NamedTuple):
@@ -66,13 +75,44 @@ def _check_inputs(prompts: Sequence[Sequence[int]],
                 raise ValueError(f"completion {k} of prompt {b} is empty")
 
 
+def unwrap_model(model):
+    """The module that holds config and weights, under DDP / DataParallel / torch.compile.
+
+    Attribute reads go here; forward calls must still go through `model` itself (DDP
+    registers its gradient all-reduce in the wrapper's forward).
+    """
+    parallel = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while True:
+        if isinstance(model, parallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    weight = model.get_input_embeddings().weight
+    weight = unwrap_model(model).get_input_embeddings().weight
     return weight.device, weight.dtype
 
 
 def attention_implementation(model) -> str:
-    return str(getattr(model.config, "_attn_implementation", None) or "eager")
+    config = unwrap_model(model).config
+    return str(getattr(config, "_attn_implementation", None) or "eager")
+
+
+def _warn_naive(impl: str) -> None:
+    global _warned_naive
+    if _warned_naive:
+        return
+    _warned_naive = True
+    warnings.warn(
+        f"attention implementation {impl!r} cannot take the shared-prompt mask: completion "
+        "log-probs fall back to one prompt+completion sequence per completion, re-encoding "
+        "the prompt each time (~K+1 times the tokens; ~10x when scoring 21 candidates). "
+        "Load the model with attn_implementation='sdpa' or 'flex_attention' "
+        "(backbone.loader.attn_implementation=sdpa).", stacklevel=3,
+    )
 
 
 def _counts(completions, kmax: int) -> torch.Tensor:
@@ -98,13 +138,40 @@ def _finish(token_lp: torch.Tensor, counts: torch.Tensor,
     return CompletionLogprobs(sums, counts)
 
 
-def _token_logprobs_from_logits(logits: torch.Tensor, pred: torch.Tensor,
-                                tgt: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits[b, pred[b, i]])[tgt[b, i]] for every (b, i), in float32."""
-    b_idx = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, R]
-    picked = logits[b_idx, pred, tgt].float()
-    return picked - lse[b_idx, pred]
+def _allowed_mask(seg: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool: which key each query may attend to (see the module docstring)."""
+    total = seg.shape[1]
+    seg_q, seg_k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(total, total, dtype=torch.bool, device=seg.device).tril()
+    allowed = causal & (((seg_k == 0) & (seg_q >= 0)) | ((seg_k == seg_q) & (seg_q > 0)))
+    allowed = allowed | torch.eye(total, dtype=torch.bool, device=seg.device)  # pad: self only
+    return allowed[:, None, :, :]
+
+
+def _flex_block_mask(seg: torch.Tensor):
+    """The same rule as _allowed_mask, as a flex-attention BlockMask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, kv):
+        seg_q, seg_k = seg[b, q], seg[b, kv]
+        same = ((seg_k == 0) & (seg_q >= 0)) | ((seg_k == seg_q) & (seg_q > 0))
+        return (q == kv) | ((q >= kv) & same)
+
+    bsz, total = seg.shape
+    # The uncompiled builder materialises a dense [B, T, T] bool mask, as the sdpa path does:
+    # small at these row lengths, and no recompilation for every new row length.
+    return create_block_mask(mask_mod, B=bsz, H=None, Q_LEN=total, KV_LEN=total,
+                             device=seg.device, _compile=False)
+
+
+def _attention_mask(impl: str, seg: torch.Tensor, dtype: torch.dtype):
+    if impl == "flex_attention":
+        return _flex_block_mask(seg)
+    allowed = _allowed_mask(seg)
+    if impl == "sdpa":
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 # ---------------------------------------------------------------------------------- shared
@@ -122,10 +189,7 @@ def completion_token_logprobs(
     _check_inputs(prompts, completions)
     impl = attention_implementation(model)
     if impl not in SUPPORTED_ATTENTION:
-        warnings.warn(
-            f"attention implementation {impl!r} cannot take a custom 4D mask; computing "
-            "completion log-probs the naive way (one sequence per completion)", stacklevel=2,
-        )
+        _warn_naive(impl)
         return naive_completion_token_logprobs(model, prompts, completions, pad_id)
 
     device, dtype = _model_device_dtype(model)
@@ -172,18 +236,7 @@ def completion_token_logprobs(
 
     ids_t = torch.from_numpy(input_ids).to(device)
     pos_t = torch.from_numpy(position_ids).to(device)
-    seg = torch.from_numpy(segment).to(device)
-    seg_q, seg_k = seg[:, :, None], seg[:, None, :]
-    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-    allowed = causal & (((seg_k == 0) & (seg_q >= 0)) | ((seg_k == seg_q) & (seg_q > 0)))
-    allowed = allowed | torch.eye(total, dtype=torch.bool, device=device)  # pad rows: self only
-    allowed = allowed[:, None, :, :]
-    if impl == "sdpa":
-        mask = allowed
-    else:
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-
+    mask = _attention_mask(impl, torch.from_numpy(segment).to(device), dtype)
     out = model(
         input_ids=ids_t, attention_mask=mask, position_ids=pos_t,
         use_cache=False, logits_to_keep=ctot + 1,
@@ -194,7 +247,7 @@ def completion_token_logprobs(
 
     pred_t = torch.from_numpy(pred).to(device)
     tgt_t = torch.from_numpy(tgt).to(device)
-    lp = _token_logprobs_from_logits(logits, pred_t, tgt_t)
+    lp = token_logprobs(logits, pred_t, tgt_t)
     valid = torch.from_numpy(comp_k >= 0).to(device)
     b_idx = torch.arange(bsz, device=device)[:, None].expand(bsz, ctot)
     token_lp = _scatter_tokens(
@@ -265,7 +318,7 @@ def naive_completion_token_logprobs(
         for row, ((b, k), length) in enumerate(zip(chunk, lens)):
             pred[row, :length] = torch.arange(cmax - length, cmax)
             tgt[row, :length] = torch.tensor(list(completions[b][k]))
-        lp = _token_logprobs_from_logits(logits, pred.to(device), tgt.to(device))
+        lp = token_logprobs(logits, pred.to(device), tgt.to(device))
         for row, ((b, k), length) in enumerate(zip(chunk, lens)):
             pieces.append(lp[row, :length])
             index.append((b, k, length))
