@@ -25,7 +25,7 @@ from eapo_exp.report.sweep import (
 from eapo_exp.report.tables import format_metric_table
 
 # hr@1 on test per (method, u_beta, seed). DPO mean 0.405; EAPO(U_β=0.75) mean 0.465:
-# (0.465 - 0.405) / 0.405 = +14.81 %.
+# (0.465 - 0.405) / 0.405 = +14.81 % (summary.csv's hr@1_gain; no longer printed).
 DPO_HR1 = {0: 0.40, 1: 0.41}
 EAPO_HR1 = {0.5: {0: 0.43, 1: 0.45}, 0.75: {0: 0.46, 1: 0.47}}
 SFT_HR1 = {0: 0.30, 1: 0.32}
@@ -171,9 +171,9 @@ def test_summarize_numbers(sweep: Path):
     eapo = by[("EAPO", 0.75)]
     assert eapo["hr@1_mean"] == pytest.approx(0.465)
     assert eapo["hr@1_gain"] == pytest.approx((0.465 - 0.405) / 0.405 * 100)
-    assert eapo["hr@1"] == "0.4650 ± 0.0071 (+14.81%)"
-    assert eapo["ndcg@5"].endswith("(+10.81%)")  # (0.615 - 0.555) / 0.555
-    assert by[("EAPO", 0.5)]["hr@1"].endswith("(+8.64%)")
+    assert eapo["hr@1"] == "0.4650 ± 0.0071"  # relative gains are not printed
+    assert eapo["ndcg@5_gain"] == pytest.approx((0.615 - 0.555) / 0.555 * 100)
+    assert by[("EAPO", 0.5)]["hr@1_gain"] == pytest.approx((0.44 - 0.405) / 0.405 * 100)
     # SFT and the expert are evaluated in every job; they still count once per seed.
     sft = by[("SFT", None)]
     assert sft["seeds"] == 2 and sft["hr@1_mean"] == pytest.approx(0.31)
@@ -183,7 +183,7 @@ def test_summarize_numbers(sweep: Path):
     assert "SFT" not in set(valid["method"])
     assert valid.loc[valid["method"] == "DPO", "hr@1_mean"].item() == pytest.approx(0.355)
     table = summary_markdown(summary, title="test")
-    assert "| EAPO | 0.75 | 0.4650 ± 0.0071 (+14.81%) |" in table
+    assert "| EAPO | 0.75 | 0.4650 ± 0.0071 |" in table
 
 
 def test_single_seed_has_no_std(tmp_path: Path):
@@ -196,7 +196,8 @@ def test_single_seed_has_no_std(tmp_path: Path):
     assert problems == []
     summary = summarize(df).set_index("method")
     assert summary.loc["S-DPO", "hr@1"] == "0.5000"
-    assert summary.loc["EA-SDPO", "hr@1"] == "0.5500 (+10.00%)"
+    assert summary.loc["EA-SDPO", "hr@1"] == "0.5500"
+    assert summary.loc["EA-SDPO", "hr@1_gain"] == pytest.approx(10.0)
     assert math.isnan(summary.loc["EA-SDPO", "hr@1_std"])
 
 
@@ -234,13 +235,16 @@ def test_plots_from_training_arrays(tmp_path: Path):
 def test_report_files(sweep: Path):
     result = build_report(sweep)
     out = sweep / "report"
-    assert {p.name for p in result["files"]} == {"report.csv", "summary.csv", "summary.md"}
+    assert {p.name for p in result["files"]} == {"report.csv", "summary.csv", "summary.md",
+                                                 "comparisons.csv"}
     report = pd.read_csv(out / "report.csv")
     assert len(report) == 42
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["split"]) == {"test", "valid"}
     text = (out / "summary.md").read_text()
-    assert "(+14.81%)" in text
+    assert "%)" not in text  # no relative gains; no predictions here, so no comparisons
+    assert "Paired comparisons" not in text
+    assert pd.read_csv(out / "comparisons.csv").empty
     assert "Seeds: 0, 1 (2)" in text
     assert "status failed: RuntimeError: CUDA out of memory" in text
     assert "missing metrics.json" in text
@@ -257,7 +261,7 @@ def test_cli(sweep: Path, tmp_path: Path, capsys, monkeypatch):
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
     printed = capsys.readouterr().out
-    assert "| EAPO | 0.75 | 0.4650 ± 0.0071 (+14.81%)" in printed
+    assert "| EAPO | 0.75 | 0.4650 ± 0.0071 |" in printed
     assert "W&B" in printed and "skipped" in printed
     for name in ("report.csv", "summary.csv", "summary.md", "reward_margins.png"):
         assert (out / name).stat().st_size > 0

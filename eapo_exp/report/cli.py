@@ -1,8 +1,9 @@
 """`eapo-report <sweep_dir>`: tables and plots for a whole Hydra sweep (or one run dir).
 
-Writes report.csv (every job × label × split), summary.csv, summary.md and the plots into
---out (default <sweep_dir>/report/) and prints the markdown summary. --wandb also logs the
-summary tables and plots to a W&B run of job_type "report".
+Writes report.csv (every job × label × split), summary.csv, summary.md, comparisons.csv
+(paired comparisons with 95% CIs and verdicts) and the plots into --out (default
+<sweep_dir>/report/) and prints the markdown summary. --wandb also logs the summary and
+comparison tables and plots to a W&B run of job_type "report".
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def log_to_wandb(result: dict, plots: list[Path], sweep_dir: Path) -> str:
         display = summary[[c for c in summary.columns if not c.endswith("_gain")]]
         payload = {"report/summary": wandb.Table(dataframe=display.astype(str)),
                    "report/failed_jobs": len(result["problems"])}
+        comparisons = result["stats"].comparisons
+        if len(comparisons):
+            payload["report/comparisons"] = wandb.Table(dataframe=comparisons.astype(str))
         for path in plots:
             payload[f"report/{path.stem}"] = wandb.Image(str(path))
         run.log(payload)
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from eapo_exp.report.plots import make_plots
 
         plots = make_plots(sweep_dir, result["out_dir"], split=args.split,
-                           jobs=result["jobs"], df=result["df"])
+                           jobs=result["jobs"], df=result["df"], stats=result["stats"])
     print(result["markdown"])
     print()
     print(f"wrote {len(result['files']) + len(plots)} file(s) to {result['out_dir']}:")

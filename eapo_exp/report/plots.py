@@ -1,6 +1,7 @@
-"""Sweep plots (matplotlib, Agg): metric vs U_β, metric vs expert data fraction, reward
-margins over training (paper Fig. 2b/5), reward-discrepancy distributions (Fig. 1b/3) and
-expert β histograms. Each plot is drawn only when its data exists."""
+"""Sweep plots (matplotlib, Agg): metric vs U_β, metric vs expert data fraction (with 95%
+CIs where predictions exist), paired differences with their CIs, reward margins over
+training (paper Fig. 2b/5), reward-discrepancy distributions (Fig. 1b/3) and expert β
+histograms. Each plot is drawn only when its data exists."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 # never switches the backend of the calling process (e.g. a notebook).
 from matplotlib.figure import Figure
 
+from eapo_exp.report.comparisons import SweepStatistics, sweep_statistics
 from eapo_exp.report.sweep import (
     GAIN_PAIRS,
     JobRecord,
@@ -36,6 +38,9 @@ PLOT_METRICS = (("hr@1", "HR@1"), ("ndcg@5", "NDCG@5"))
 AXIS_LABELS = {"beta_schedule.u_beta": "U_β (upper bound of the expert β)",
                "expert.data_fraction": "expert training-data fraction"}
 AXIS_TITLES = {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "expert data fraction"}
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:grey"}
+CI_CAPTION = "error bars: 95% CI, bootstrap over test samples pooled over seeds"
+STD_CAPTION = "error bars: ± std over seeds"
 
 
 def _save(fig, path: Path) -> Path:
@@ -61,13 +66,39 @@ def _short(axis: str) -> str:
         axis, axis.rsplit(".", 1)[-1])
 
 
-def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path,
-                        split: str = "test") -> Path | None:
-    """Mean ± std (over seeds) of HR@1 and NDCG@5 against a swept numeric axis.
+def _interval_lookup(intervals: pd.DataFrame | None, split: str, axis: str,
+                     others: list[str]) -> dict[tuple, tuple[float, float]]:
+    """(method, *other axes as str, axis value or None, metric) -> (ci_low, ci_high)."""
+    if intervals is None or intervals.empty or axis not in intervals:
+        return {}
+    lookup = {}
+    for _, row in intervals[intervals["split"] == split].iterrows():
+        x = pd.to_numeric(row[axis], errors="coerce")
+        key = (row["method"], *("" if _missing(row[o]) else str(row[o]) for o in others),
+               None if pd.isna(x) else float(x), row["metric"])
+        lookup[key] = (row["ci_low"], row["ci_high"])
+    return lookup
+
+
+def _error_bars(stats: pd.DataFrame, found: list) -> tuple[np.ndarray, str]:
+    """[2, points] error bars: the CIs when every point has one, else ± std over seeds."""
+    if found and all(ci is not None for ci in found):
+        low, high = np.asarray(found, dtype=float).T
+        mean = stats["mean"].to_numpy()
+        return np.clip([mean - low, high - mean], 0.0, None), CI_CAPTION
+    std = stats["std"].where(stats["count"] >= 2, 0.0).fillna(0.0).to_numpy()
+    return np.vstack([std, std]), STD_CAPTION
+
+
+def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str = "test",
+                        intervals: pd.DataFrame | None = None) -> Path | None:
+    """Mean over seeds of HR@1 and NDCG@5 against a swept numeric axis, with error bars:
+    the 95% CIs of `intervals` (comparisons.method_intervals) when a line has them, else
+    ± std over seeds.
 
     One line per method (and per value of any other swept axis). The base method of an
     expert-guided variant (e.g. DPO for EAPO), when present without the axis, is drawn as
-    a dashed horizontal line.
+    a dashed horizontal line, with its CI as a band.
     """
     if axis not in df.columns or df.empty:
         return None
@@ -94,12 +125,16 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path,
         kv[0][0] if isinstance(kv[0], tuple) else kv[0]))
     flat = part[part[axis].isna()]
     bases = {GAIN_PAIRS[m] for m in on_axis["method"].unique() if m in GAIN_PAIRS}
+    lookup = _interval_lookup(intervals, split, axis, others)
+    captions = set()
     for panel, (metric, name) in zip(panels, metrics, strict=True):
         for key, group in groups:
             key = key if isinstance(key, tuple) else (key,)
             per_seed = group.groupby([axis, "seed"], dropna=False)[metric].mean().reset_index()
             stats = per_seed.groupby(axis)[metric].agg(["mean", "std", "count"]).sort_index()
-            err = stats["std"].where(stats["count"] >= 2, 0.0).fillna(0.0)
+            found = [lookup.get((*key, float(x), metric)) for x in stats.index]
+            err, caption = _error_bars(stats, found)
+            captions.add(caption)
             label = _group_label(key[0], dict(zip(others, key[1:], strict=True)))
             panel.errorbar(stats.index, stats["mean"], yerr=err, marker="o", capsize=3,
                            label=label)
@@ -108,14 +143,55 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path,
             if values.empty:
                 continue
             mean = values.groupby("seed")[metric].mean().mean()
+            band = lookup.get((base, *[""] * len(others), None, metric))
             panel.axhline(mean, linestyle="--", color="grey", linewidth=1,
-                          label=f"{base} (no {_short(axis)})")
+                          label=f"{base} (no {_short(axis)}"
+                                + ("; band: 95% CI)" if band is not None else ")"))
+            if band is not None:
+                panel.axhspan(*band, color="grey", alpha=0.12)
         panel.set_xlabel(AXIS_LABELS.get(axis, axis))
         panel.set_ylabel(name)
         panel.set_title(f"{name} vs {AXIS_TITLES.get(axis, axis)} ({split})")
         panel.grid(alpha=0.3)
         panel.legend(fontsize=8)
-    fig.suptitle("mean ± std over seeds", fontsize=9)
+    fig.suptitle("mean over seeds; " + "; ".join(sorted(captions)), fontsize=9)
+    return _save(fig, out_path)
+
+
+def _comparison_label(row: pd.Series, axes: list[str]) -> str:
+    label = _group_label(row["method"], {a: row[a] for a in axes if a in row})
+    return f"{label} − {row['reference']} (n={row['n']}, seeds={row['seeds']})"
+
+
+def plot_paired_differences(comparisons: pd.DataFrame, axes: list[str], out_path: Path,
+                            split: str = "test") -> Path | None:
+    """Every method − reference difference of HR@1 and NDCG@5 with its paired 95% CI,
+    coloured by verdict, against a zero line."""
+    part = comparisons[comparisons["split"] == split] if len(comparisons) else comparisons
+    metrics = [(m, name) for m, name in PLOT_METRICS if (part["metric"] == m).any()]
+    if not metrics:
+        return None
+    rows = int(max((part["metric"] == m).sum() for m, _ in metrics))
+    fig, panels = _figure(len(metrics), 6.4, 1.4 + 0.35 * rows)
+    for panel, (metric, name) in zip(panels, metrics, strict=True):
+        table = part[part["metric"] == metric].reset_index(drop=True)
+        y = np.arange(len(table))[::-1]
+        diff = table["difference"].to_numpy(dtype=float)
+        err = np.clip([diff - table["ci_low"].to_numpy(dtype=float),
+                       table["ci_high"].to_numpy(dtype=float) - diff], 0.0, None)
+        for verdict, colour in VERDICT_COLOURS.items():
+            chosen = (table["verdict"] == verdict).to_numpy()
+            if chosen.any():
+                panel.errorbar(diff[chosen], y[chosen], xerr=err[:, chosen], fmt="o",
+                               color=colour, capsize=3, label=verdict)
+        panel.axvline(0.0, color="black", linewidth=0.8)
+        panel.set_yticks(y)
+        panel.set_yticklabels([_comparison_label(r, axes) for _, r in table.iterrows()],
+                              fontsize=8)
+        panel.set_xlabel(f"{name} difference (method − reference)")
+        panel.set_title(f"Paired {name} differences, 95% CI ({split})", fontsize=10)
+        panel.grid(alpha=0.3, axis="x")
+        panel.legend(fontsize=8)
     return _save(fig, out_path)
 
 
@@ -280,24 +356,31 @@ def plot_expert_betas(jobs: list[JobRecord], labels: dict[str, str],
 
 
 def make_plots(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str = "test",
-               jobs: list[JobRecord] | None = None,
-               df: pd.DataFrame | None = None) -> list[Path]:
+               jobs: list[JobRecord] | None = None, df: pd.DataFrame | None = None,
+               stats: SweepStatistics | None = None) -> list[Path]:
     """Write every plot whose data exists into out_dir; returns the files written.
 
-    `jobs`/`df` (from scan_jobs / rows_from_jobs) skip re-reading the sweep when given.
+    `jobs`/`df` (from scan_jobs / rows_from_jobs) and `stats` (sweep_statistics) skip
+    re-reading the sweep when given.
     """
     out = Path(out_dir)
     if jobs is None:
         jobs = scan_jobs(sweep_dir)
     if df is None:
         df, _ = rows_from_jobs(jobs)
+    if stats is None:
+        stats = sweep_statistics(jobs, df)
     jobs = [job for job in jobs if job.ok]
     written: list[Path] = []
     steps = [
         lambda: plot_metric_vs_axis(df, "beta_schedule.u_beta",
-                                    out / f"metric_vs_u_beta_{split}.png", split),
+                                    out / f"metric_vs_u_beta_{split}.png", split,
+                                    stats.intervals),
         lambda: plot_metric_vs_axis(df, "expert.data_fraction",
-                                    out / f"metric_vs_data_fraction_{split}.png", split),
+                                    out / f"metric_vs_data_fraction_{split}.png", split,
+                                    stats.intervals),
+        lambda: plot_paired_differences(stats.comparisons, stats.axes,
+                                        out / f"paired_differences_{split}.png", split),
     ]
     labels = _job_groups(jobs, df)
     steps += [

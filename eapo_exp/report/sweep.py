@@ -2,8 +2,8 @@
 
 A job directory is any directory under the sweep dir holding `.hydra/` or `metrics.json`.
 `collect_jobs` turns every (job, eval label, split) into one row; `summarize` averages the
-rows of one split over seeds and adds the relative gain of each expert-guided variant over
-its base method, the way the paper's tables print it: ``0.5558 (+14.81%)``.
+rows of one split over seeds. `build_report` adds what the per-sample predictions allow
+(eapo_exp.report.comparisons): 95% intervals per method and paired comparisons with a verdict.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from eapo_exp import methods
+
+if TYPE_CHECKING:
+    from eapo_exp.report.comparisons import SweepStatistics
 
 CORE_METRICS = ("hr@1", "hr@5", "ndcg@5")
 # Per-evaluation timing and truncation counters: logged per job, not summarised as metrics.
@@ -384,8 +387,9 @@ def summarize(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     Rows of one (key, seed) are averaged first (a shared SFT or expert evaluated in several
     jobs counts once per seed), then mean and std (ddof=1, only with ≥2 seeds) over seeds.
     Columns: method, the axes, seeds, n, and per metric m: `m` (display string
-    "mean ± std (+gain%)"), `m_mean`, `m_std`, `m_gain` (% over the base method, for
-    EAPO/EA-SDPO/EA-IPO/EA-CPO when the base with the same axis values is present).
+    "mean ± std"), `m_mean`, `m_std`, `m_gain` (relative difference in % to the base
+    method, for EAPO/EA-SDPO/EA-IPO/EA-CPO when the base with the same axis values is
+    present; kept in the CSV only, the report judges differences by paired intervals).
     """
     axes = axis_columns(df)
     metrics = metric_columns(df)
@@ -421,7 +425,7 @@ def summarize(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     _add_gains(rows, axes, metrics)
     for row in rows:
         for m in metrics:
-            row[m] = format_value(row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_gain"])
+            row[m] = format_value(row[f"{m}_mean"], row[f"{m}_std"])
     rows.sort(key=lambda r: (_method_rank(r["method"]), *(_sort_value(r[a]) for a in axes)))
     return pd.DataFrame(rows, columns=columns)
 
@@ -436,9 +440,12 @@ def _format_n(values: pd.Series) -> Any:
 
 def _find_base(row: dict, rows: list[dict], axes: list[str]) -> dict | None:
     base = GAIN_PAIRS.get(row["method"])
-    if base is None:
-        return None
-    candidates = [r for r in rows if r["method"] == base]
+    return None if base is None else find_reference(row, rows, axes, base)
+
+
+def find_reference(row: dict, rows: list[dict], axes: list[str], name: str) -> dict | None:
+    """The one row of method `name` that row is compared with, or None."""
+    candidates = [r for r in rows if r["method"] == name]
     # A base row matches when it agrees on every axis it has (None = axis not applicable).
     matches = [r for r in candidates
                if all(r[a] is None or r[a] == row[a] for a in axes)]
@@ -475,7 +482,7 @@ def summary_markdown(summary: pd.DataFrame, title: str = "", digits: int = 4) ->
     metrics = [c for c in summary.columns if f"{c}_mean" in summary.columns]
     axes = [c for c in summary.columns
             if c not in ("split", "method", "seeds", "n") and c not in metrics
-            and not c.endswith(("_mean", "_std", "_gain"))]
+            and not c.endswith(("_mean", "_std", "_gain", "_ci_low", "_ci_high"))]
     header = ["method", *[_short(a) for a in axes], *metrics, "seeds", "n"]
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(header) + " |")
@@ -535,36 +542,49 @@ def analysis_table(jobs: list[JobRecord]) -> pd.DataFrame:
 
 def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  split: str = "test") -> dict:
-    """Collect, summarize and write report.csv, summary.csv and summary.md.
+    """Collect, summarize and write report.csv, summary.csv, summary.md and comparisons.csv
+    (paired comparisons; empty without per-sample predictions).
 
-    Returns {"df", "summary" (all splits), "problems", "jobs", "markdown", "files",
+    Returns {"df", "summary" (all splits, with 95% intervals where predictions exist),
+    "stats" (comparisons.SweepStatistics), "problems", "jobs", "markdown", "files",
     "out_dir"}. The markdown puts `split` first, then the other splits.
     """
+    # comparisons builds on this module's grouping helpers, so it is imported here.
+    from eapo_exp.report.comparisons import sweep_statistics, with_intervals
+
     root = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else root / REPORT_DIRNAME
     out.mkdir(parents=True, exist_ok=True)
     jobs = scan_jobs(root)
     df, problems = rows_from_jobs(jobs)
-    summary = summarize_all(df)
-    markdown = render_markdown(root, df, summary, problems, jobs, split)
-    files = [out / "report.csv", out / "summary.csv", out / "summary.md"]
+    stats = sweep_statistics(jobs, df)
+    summary = with_intervals(summarize_all(df), stats.intervals, stats.axes)
+    markdown = render_markdown(root, df, summary, problems, jobs, split, stats)
+    files = [out / "report.csv", out / "summary.csv", out / "summary.md",
+             out / "comparisons.csv"]
     df.to_csv(files[0], index=False)
     summary.to_csv(files[1], index=False)
     files[2].write_text(markdown + "\n")
-    return {"df": df, "summary": summary, "problems": problems, "jobs": jobs,
+    stats.comparisons.to_csv(files[3], index=False)
+    return {"df": df, "summary": summary, "stats": stats, "problems": problems, "jobs": jobs,
             "markdown": markdown, "files": files, "out_dir": out}
 
 
 def render_markdown(root: Path, df: pd.DataFrame, summary: pd.DataFrame, problems: list[dict],
-                    jobs: list[JobRecord], split: str = "test") -> str:
+                    jobs: list[JobRecord], split: str = "test",
+                    stats: SweepStatistics | None = None) -> str:
+    """The report; `stats` adds each split's paired comparisons."""
     ok = [job for job in jobs if job.ok]
     seeds = sorted({_hashable(job.seed) for job in ok if job.seed is not None}, key=_sort_value)
     lines = [f"# Sweep report: {root}", "",
              (f"{len(jobs)} job(s): {len(ok)} with results, {len(problems)} failed or missing. "
               f"Seeds: {', '.join(map(str, seeds)) or '-'} ({len(seeds)}). "
-              "Cells are mean ± std over seeds (std with ddof=1, shown only with ≥2 seeds); "
-              "(±x%) is the relative gain of an expert-guided variant over its base "
-              "(EAPO/DPO, EA-SDPO/S-DPO, EA-IPO/IPO, EA-CPO/CPO)."), ""]
+              "Cells are mean ± std over seeds (std with ddof=1, shown only with ≥2 seeds) "
+              "and, where per-sample predictions exist, [95% CI] of the mean: percentile "
+              "bootstrap over test samples, pooled over seeds. n: test samples per seed."),
+             ""]
+    if stats is not None and stats.note:
+        lines += [stats.note, ""]
     splits = split_names(df)
     ordered = [split] + [s for s in splits if s != split] if split in splits else splits
     if split not in splits and len(df):
@@ -572,6 +592,8 @@ def render_markdown(root: Path, df: pd.DataFrame, summary: pd.DataFrame, problem
     for name in ordered:
         table = summary[summary["split"] == name].drop(columns="split")
         lines += [summary_markdown(table, title=f"Split: {name}"), ""]
+        section = stats.markdown(name) if stats is not None else ""
+        lines += [section, ""] if section else []
     analysis = analysis_table(jobs)
     if not analysis.empty:
         lines += ["### Analysis (mean over jobs)", "",

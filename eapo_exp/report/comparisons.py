@@ -1,0 +1,303 @@
+"""Per-sample statistics of a sweep: 95% intervals of each method's metrics, and paired
+comparisons of each method with its base (EAPO/DPO, EA-X/X, β-DPO/DPO) and with SFT.
+
+Reads the predictions_<label>_<split>.jsonl every job writes (one row per evaluated sample:
+index, user, target, target_rank, ...), groups them the way summarize() groups
+metrics.json (split, method and every swept axis), keeps one evaluation per seed, and
+pairs two groups seed by seed on the samples both ranked (same index, user and target).
+Statistics and the resampling scheme: eapo_exp.report.stats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eapo_exp.report import stats
+from eapo_exp.report.sweep import (
+    GAIN_PAIRS,
+    JobRecord,
+    _hashable,
+    _method_rank,
+    _missing,
+    _scoped,
+    _short,
+    _sort_value,
+    axis_columns,
+    find_reference,
+    format_value,
+)
+
+log = logging.getLogger(__name__)
+
+# Method -> the method it improves on; every method is also compared with REFERENCE.
+BASES = {**GAIN_PAIRS, "β-DPO": "DPO"}
+REFERENCE = "SFT"
+# Row kinds whose evaluation writes per-sample predictions (experts and popularity do not).
+PREDICTED_KINDS = ("sft", "zero_shot", "preference")
+INTERVAL_COLUMNS = ("split", "method", "metric", "mean", "ci_low", "ci_high", "n", "seeds")
+COMPARISON_COLUMNS = ("split", "method", "reference", "metric", "difference", "ci_low",
+                      "ci_high", "mcnemar_p", "verdict", "n", "seeds")
+METHODS_NOTE = (
+    "Paired comparisons: difference = method − reference (its base, and SFT) on the same "
+    "evaluated samples, seed by seed, pooled over seeds; 95% CI from a paired bootstrap over "
+    f"samples ({stats.N_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}); McNemar p: exact "
+    "two-sided test on the HR@1 discordant pairs. Verdict: better / worse when the CI "
+    "excludes 0 (for HR@1 also p < 0.05), else within noise. n: distinct samples; seeds: "
+    "seeds paired.")
+
+GroupKey = tuple  # (split, method, *axis values)
+
+
+@dataclass
+class SweepStatistics:
+    """Per-method intervals and paired comparisons of one sweep."""
+
+    axes: list[str]
+    intervals: pd.DataFrame
+    comparisons: pd.DataFrame
+
+    @classmethod
+    def empty(cls, axes: list[str]) -> SweepStatistics:
+        """No predictions: frames with the columns and no rows."""
+        return cls(axes=axes, intervals=_ordered([], INTERVAL_COLUMNS, axes),
+                   comparisons=_ordered([], COMPARISON_COLUMNS, axes))
+
+    @property
+    def note(self) -> str:
+        """How the comparisons are computed ("" when there are none)."""
+        return METHODS_NOTE if len(self.comparisons) else ""
+
+    def markdown(self, split: str) -> str:
+        """The paired-comparison table of one split ("" when it has none)."""
+        table = self.comparisons[self.comparisons["split"] == split]
+        if table.empty:
+            return ""
+        return comparisons_markdown(table, self.axes, title=f"Paired comparisons: {split}")
+
+
+def read_predictions(path: Path) -> pd.DataFrame | None:
+    """Per-sample metrics of one predictions file, indexed by sample id (index|user|target);
+    None when the file is unreadable or empty."""
+    ids, ranks = [], []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                ids.append(f"{row['index']}|{row.get('user')}|{row.get('target')}")
+                ranks.append(int(row["target_rank"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("skipping %s (%s: %s)", path, type(error).__name__, error)
+        return None
+    if not ids:
+        return None
+    frame = pd.DataFrame(stats.sample_metrics(ranks), index=pd.Index(ids, name="sample"))
+    return frame[~frame.index.duplicated()]
+
+
+def _axis_value(value: Any) -> Any:
+    return None if _missing(value) else _hashable(value)
+
+
+def group_samples(jobs: list[JobRecord],
+                  df: pd.DataFrame) -> tuple[list[str], dict[GroupKey, dict[Any, pd.DataFrame]]]:
+    """(swept axes, {(split, method, *axes): {seed: per-sample metrics}}).
+
+    The first job (in sweep order) with predictions gives a seed's evaluation: SFT is
+    evaluated in every job of a seed, from one cached model, and counts once.
+    """
+    if df.empty:
+        return [], {}
+    axes = axis_columns(df)
+    paths = {job.job: job.path for job in jobs if job.ok}
+    part = _scoped(df[df["kind"].isin(PREDICTED_KINDS)], axes)
+    groups: dict[GroupKey, dict[Any, pd.DataFrame]] = defaultdict(dict)
+    for _, row in part.iterrows():
+        key = (row["split"], row["method"], *(_axis_value(row[a]) for a in axes))
+        seed = "-" if _missing(row["seed"]) else _hashable(row["seed"])
+        if seed in groups[key] or row["job"] not in paths:
+            continue
+        # Absent with eval.write_predictions=false: that row just gets no statistics.
+        path = paths[row["job"]] / f"predictions_{row['label']}_{row['split']}.jsonl"
+        scores = read_predictions(path) if path.is_file() else None
+        if scores is None:
+            continue
+        # Only what metrics.json reports (generate mode ranks no top 5).
+        groups[key][seed] = scores[[m for m in stats.METRICS if not _missing(row.get(m))]]
+    return axes, {key: by_seed for key, by_seed in groups.items() if by_seed}
+
+
+def _stack(by_seed: dict[Any, pd.DataFrame]) -> pd.DataFrame:
+    """Observations (seed, sample) of one group as rows: seed, sample, metrics."""
+    return pd.concat(list(by_seed.values()), keys=list(by_seed), names=["seed"]).reset_index()
+
+
+def _complete_metrics(frame: pd.DataFrame, suffixes: tuple[str, ...] = ("",)) -> list[str]:
+    return [m for m in stats.METRICS
+            if all(m + s in frame and frame[m + s].notna().all() for s in suffixes)]
+
+
+def _key_columns(key: GroupKey, axes: list[str]) -> dict:
+    return {"split": key[0], "method": key[1], **dict(zip(axes, key[2:], strict=True))}
+
+
+def method_intervals(groups: dict[GroupKey, dict], axes: list[str],
+                     n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
+    """One row per (group, metric): pooled mean and its 95% percentile-bootstrap CI."""
+    rows = []
+    for key, by_seed in groups.items():
+        stacked = _stack(by_seed)
+        metrics = _complete_metrics(stacked)
+        if not metrics:
+            continue
+        estimates = stats.mean_intervals({m: stacked[m].to_numpy() for m in metrics},
+                                         stacked["sample"].to_numpy(), n_resamples)
+        for metric, estimate in estimates.items():
+            rows.append({**_key_columns(key, axes), "metric": metric, "mean": estimate.value,
+                         "ci_low": estimate.low, "ci_high": estimate.high,
+                         "n": int(stacked["sample"].nunique()), "seeds": len(by_seed)})
+    return _ordered(rows, INTERVAL_COLUMNS, axes)
+
+
+def paired_samples(method: dict[Any, pd.DataFrame],
+                   reference: dict[Any, pd.DataFrame]) -> pd.DataFrame:
+    """Rows (seed, sample) that both evaluated: columns m (method) and m_ref (reference)."""
+    parts = {seed: method[seed].merge(reference[seed], how="inner", left_index=True,
+                                      right_index=True, suffixes=("", "_ref"))
+             for seed in method if seed in reference}
+    parts = {seed: part for seed, part in parts.items() if not part.empty}
+    if not parts:
+        return pd.DataFrame()
+    return _stack(parts)
+
+
+def compare(method: dict[Any, pd.DataFrame], reference: dict[Any, pd.DataFrame],
+            n_resamples: int = stats.N_RESAMPLES) -> list[dict]:
+    """Per metric: difference, CI, McNemar p (HR@1 only), verdict, n samples, n seeds."""
+    paired = paired_samples(method, reference)
+    if paired.empty:
+        return []
+    metrics = _complete_metrics(paired, ("", "_ref"))
+    clusters = paired["sample"].to_numpy()
+    differences = stats.paired_differences(
+        {m: paired[m].to_numpy() for m in metrics},
+        {m: paired[m + "_ref"].to_numpy() for m in metrics}, clusters, n_resamples)
+    rows = []
+    for metric, estimate in differences.items():
+        p_value = None
+        if metric == "hr@1":
+            p_value = stats.mcnemar_exact(*stats.discordant_pairs(paired["hr@1"],
+                                                                  paired["hr@1_ref"]))
+        rows.append({"metric": metric, "difference": estimate.value, "ci_low": estimate.low,
+                     "ci_high": estimate.high, "mcnemar_p": np.nan if p_value is None else p_value,
+                     "verdict": stats.verdict(estimate, p_value),
+                     "n": int(paired["sample"].nunique()),
+                     "seeds": int(paired["seed"].nunique())})
+    return rows
+
+
+def _references(method: str) -> list[str]:
+    names = [BASES[method]] if method in BASES else []
+    return names + ([REFERENCE] if method != REFERENCE else [])
+
+
+def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
+                       n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
+    """Every method against its base and against SFT, on the same split and axis values
+    (a reference without an axis, e.g. DPO in a U_β sweep, serves every value)."""
+    rows_by_split: dict[str, list[dict]] = defaultdict(list)
+    for key in groups:
+        rows_by_split[key[0]].append({**_key_columns(key, axes), "_key": key})
+    rows = []
+    for candidates in rows_by_split.values():
+        for row in candidates:
+            for name in _references(row["method"]):
+                found = find_reference(row, candidates, axes, name)
+                if found is None:
+                    continue
+                for result in compare(groups[row["_key"]], groups[found["_key"]], n_resamples):
+                    rows.append({**_key_columns(row["_key"], axes), "reference": name,
+                                 **result})
+    return _ordered(rows, COMPARISON_COLUMNS, axes)
+
+
+def _ordered(rows: list[dict], columns: tuple[str, ...], axes: list[str]) -> pd.DataFrame:
+    """Frame in report order: axes after method; rows by split, method rank, axes, base
+    before SFT, metric."""
+    def rank(row: dict) -> tuple:
+        return (row["split"], _method_rank(row["method"]),
+                *(_sort_value(row[a]) for a in axes),
+                row.get("reference") == REFERENCE, stats.METRICS.index(row["metric"]))
+
+    return pd.DataFrame(sorted(rows, key=rank), columns=[*columns[:2], *axes, *columns[2:]])
+
+
+def sweep_statistics(jobs: list[JobRecord], df: pd.DataFrame,
+                     n_resamples: int = stats.N_RESAMPLES) -> SweepStatistics:
+    """Intervals and comparisons for every split of the sweep that has predictions."""
+    axes, groups = group_samples(jobs, df)
+    if not groups:
+        return SweepStatistics.empty(axes)
+    return SweepStatistics(axes=axes, intervals=method_intervals(groups, axes, n_resamples),
+                           comparisons=method_comparisons(groups, axes, n_resamples))
+
+
+def with_intervals(summary: pd.DataFrame, intervals: pd.DataFrame,
+                   axes: list[str]) -> pd.DataFrame:
+    """summary with m_ci_low / m_ci_high columns and "mean ± std [low, high]" cells for
+    every (split, method, axes, metric) that has an interval."""
+    if summary.empty or intervals.empty:
+        return summary
+    lookup = {(r["split"], r["method"], *(_axis_value(r[a]) for a in axes), r["metric"]): r
+              for _, r in intervals.iterrows()}
+    out = summary.copy()
+    for metric in stats.METRICS:
+        if f"{metric}_mean" not in out:
+            continue
+        lows, highs, cells = [], [], []
+        for _, row in out.iterrows():
+            key = (row["split"], row["method"], *(_axis_value(row[a]) for a in axes), metric)
+            found = lookup.get(key)
+            lows.append(np.nan if found is None else found["ci_low"])
+            highs.append(np.nan if found is None else found["ci_high"])
+            cells.append(row[metric] if found is None else _interval_cell(row, metric, found))
+        out[metric] = cells
+        out[f"{metric}_ci_low"] = lows
+        out[f"{metric}_ci_high"] = highs
+    return out
+
+
+def _interval_cell(row: pd.Series, metric: str, interval: pd.Series) -> str:
+    text = format_value(row[f"{metric}_mean"], row[f"{metric}_std"])
+    return f"{text} [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]"
+
+
+def format_p(p_value: float) -> str:
+    if _missing(p_value):
+        return "-"
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def comparisons_markdown(table: pd.DataFrame, axes: list[str], title: str = "") -> str:
+    """Markdown of method_comparisons() rows: one line per (method, reference, metric)."""
+    shown = [a for a in axes if a in table and table[a].map(lambda v: not _missing(v)).any()]
+    header = ["method", *[_short(a) for a in shown], "vs", "metric", "difference", "95% CI",
+              "McNemar p", "verdict", "n", "seeds"]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for _, row in table.iterrows():
+        cells = [str(row["method"]), *["-" if _missing(row[a]) else str(row[a]) for a in shown],
+                 str(row["reference"]), str(row["metric"]), f"{row['difference']:+.4f}",
+                 f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]", format_p(row["mcnemar_p"]),
+                 str(row["verdict"]), str(row["n"]), str(row["seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
