@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from eapo_exp.config import register_configs
+from eapo_exp.errors import rerun_command
 
 register_configs()
 
 # conf/ sits next to the package in the repository (editable install); EAPO_CONF_DIR points
 # elsewhere for installed copies.
 CONF_DIR = os.environ.get("EAPO_CONF_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     from eapo_exp.pipeline import run_job  # heavy imports after Hydra has parsed the CLI
 
     return run_job(cfg)
+
+
+def main() -> None:
+    # Hydra passes KeyboardInterrupt through; a job that was running has already written
+    # status "interrupted" into its metrics.json (pipeline.run_job).
+    try:
+        run()
+    except KeyboardInterrupt:
+        print(f"eapo-exp: interrupted; resume with: {rerun_command()}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.distributed import Runtime, default_runtime
-from eapo_exp.errors import EapoError
+from eapo_exp.errors import EapoError, rerun_command
 from eapo_exp.methods import method_label, method_name
 from eapo_exp.report.tables import format_metric_table
 from eapo_exp.tracking import RunTracker
@@ -213,9 +213,10 @@ def run_job(cfg: DictConfig) -> float | None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     is_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    tracker = make_tracker(cfg, out, runtime)
+    tracker = None
     try:
-        validate_config(cfg)
+        validate_config(cfg)  # first: a bad logger value must not reach wandb.init
+        tracker = make_tracker(cfg, out, runtime)
         seed_everything(cfg.seed)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
@@ -231,17 +232,40 @@ def run_job(cfg: DictConfig) -> float | None:
                          if isinstance(v, (int, float))})
         tracker.finish()
         return objective(metrics)
+    except KeyboardInterrupt:  # __main__ prints the resume command and exits 130
+        record_interrupt(cfg, out, tracker, main)
+        raise
     except Exception as error:
-        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                   "stage": str(cfg.stage)}
-        if main:
-            write_json(out / "metrics.json", failure)
-            (out / "error.txt").write_text(traceback.format_exc())
-        tracker.finish(failed=True)
+        message = record_failure(cfg, out, tracker, main, error)
         if is_sweep:  # one failed job must not end the sweep; the report lists it
-            log.error("job failed: %s (traceback in %s)", failure["error"], out / "error.txt")
+            log.error("job failed: %s (traceback in %s)", message, out / "error.txt")
             return None
         if isinstance(error, EapoError):
             print(f"eapo-exp: error: {error}", file=sys.stderr)
             sys.exit(2)
         raise
+
+
+def record_failure(cfg: DictConfig, out: Path, tracker: RunTracker | None, main: bool,
+                   error: Exception) -> str:
+    """metrics.json status "failed" and error.txt (the traceback); returns the error line."""
+    message = f"{type(error).__name__}: {error}"
+    if main:
+        write_json(out / "metrics.json", {"status": "failed", "error": message,
+                                          "stage": Stage(cfg.stage).value})
+        (out / "error.txt").write_text(traceback.format_exc())
+    if tracker is not None:
+        tracker.finish(failed=True, error=message)
+    return message
+
+
+def record_interrupt(cfg: DictConfig, out: Path, tracker: RunTracker | None,
+                     main: bool) -> None:
+    """metrics.json status "interrupted" with the command that resumes the job."""
+    command = rerun_command()
+    if main:
+        write_json(out / "metrics.json", {"status": "interrupted", "stage": Stage(cfg.stage).value,
+                                          "resume": command})
+    if tracker is not None:
+        tracker.finish(failed=True, error=f"interrupted; resume with: {command}",
+                       status="interrupted", exit_code=130)

@@ -1,7 +1,8 @@
 """Metric tracking: always a local `history.jsonl`; Weights & Biases when logger=wandb.
 
 W&B defaults to offline mode so runs work without a network; `wandb sync <dir>` uploads
-them later. Every job is its own W&B run, finished even when the job fails.
+them later. Every job is its own W&B run, finished even when the job fails; a failed
+run carries the error in its summary (`error`) and notes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eapo_exp.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class RunTracker:
@@ -26,14 +31,12 @@ class RunTracker:
         self.history_path = self.out_dir / "history.jsonl" if history else None
         self.wandb_run = None
         if backend == "wandb" and mode != "disabled":
-            import wandb
-
-            self.wandb_run = wandb.init(project=project, entity=entity, mode=mode,
-                                        dir=str(self.out_dir), name=name, group=group,
-                                        job_type=job_type, tags=tags or [], config=config or {},
-                                        reinit="finish_previous")
+            self.wandb_run = start_wandb(project=project, entity=entity, mode=mode,
+                                         dir=str(self.out_dir), name=name, group=group,
+                                         job_type=job_type, tags=tags or [],
+                                         config=config or {})
         elif backend not in ("none", "wandb"):
-            raise ValueError(f"unknown logger {backend!r}; use none or wandb")
+            raise ConfigError(f"logger.name must be none or wandb; got {backend!r}")
 
     def log(self, phase: str, step: int, metrics: dict[str, Any]) -> None:
         record = {"phase": phase, "step": step, "time": time.time(), **metrics}
@@ -54,11 +57,33 @@ class RunTracker:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(values)
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, failed: bool = False, error: str | None = None, status: str = "failed",
+               exit_code: int = 1) -> None:
+        """failed: the job did not complete; `status` and `error` (what stopped it) go into the
+        run's summary, and the error into its notes, so the W&B UI shows why."""
         if self.wandb_run is not None:
             mode = getattr(self.wandb_run.settings, "mode", "")
             directory = getattr(self.wandb_run.settings, "sync_dir", "")
-            self.wandb_run.finish(exit_code=1 if failed else 0)
+            if failed:
+                self.wandb_run.summary.update({"status": status, "error": error or ""})
+                if error:
+                    self.wandb_run.notes = error
+            self.wandb_run.finish(exit_code=exit_code if failed else 0)
             if mode == "offline":
                 print(f"W&B offline run saved; upload with: wandb sync {directory}")
             self.wandb_run = None
+
+
+def start_wandb(*, mode: str, **kwargs):
+    """wandb.init with a one-line error for a bad mode or a run that cannot start (wandb
+    reports both as multi-line tracebacks)."""
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode must be one of {', '.join(WANDB_MODES)}; got {mode!r}")
+    import wandb
+
+    try:
+        return wandb.init(mode=mode, reinit="finish_previous", **kwargs)
+    except Exception as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), "")
+        raise ConfigError(f"W&B run could not start (logger.mode={mode}): "
+                          f"{type(error).__name__}: {first}") from error

@@ -1,14 +1,19 @@
-"""Range checks that need more than a type: run at startup, before any data or training."""
+"""Startup checks, before any data or training: keys against the structured-config schemas,
+values that need more than a type (ranges, modes, split names)."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
+import difflib
+
+from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.data.samples import validate_sample_params
 from eapo_exp.errors import ConfigError
 
 
 def validate_config(cfg: DictConfig) -> None:
+    check_schema_keys(cfg)
     ds = cfg.dataset
     validate_sample_params(k_core=ds.k_core, history_len=ds.history_len,
                            min_history=ds.min_history, num_negatives=ds.num_negatives,
@@ -21,6 +26,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"expert.{key} must be > 0, got {ex[key]}")
     if ex.patience < 1:
         raise ConfigError(f"expert.patience must be >= 1, got {ex.patience}")
+    validate_eval(cfg.eval)
+    validate_logger(cfg.logger)
 
     from eapo_exp.config import Stage
 
@@ -33,3 +40,46 @@ def validate_config(cfg: DictConfig) -> None:
         from eapo_exp.stages.preference_stage import validate_preference
 
         validate_preference(cfg)
+
+
+def check_schema_keys(node: DictConfig, prefix: str = "") -> None:
+    """Reject keys that a node's schema (eapo_exp/config.py) does not declare: Hydra's `+key=`
+    adds them past its struct check, and they would silently change fingerprints."""
+    schema = OmegaConf.get_type(node)
+    known = ({f.name for f in dataclasses.fields(schema)}
+             if dataclasses.is_dataclass(schema) else None)
+    for key in node:
+        name = f"{prefix}{key}"
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {name} ({schema.__name__} has no field "
+                              f"{key!r}){hint}")
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+            continue
+        child = node[key]
+        if isinstance(child, DictConfig):
+            check_schema_keys(child, f"{name}.")
+
+
+def validate_eval(eval_cfg: DictConfig) -> None:
+    from eapo_exp.data.schema import COLD_START_SPLITS, SPLITS
+    from eapo_exp.evaluation.ranking import MODES
+
+    if eval_cfg.mode not in MODES:
+        raise ConfigError(f"eval.mode must be one of {', '.join(MODES)}; got {eval_cfg.mode!r}")
+    known = (*SPLITS, *COLD_START_SPLITS)
+    unknown = [split for split in eval_cfg.splits if split not in known]
+    if unknown:
+        raise ConfigError(f"eval.splits names {', '.join(map(repr, unknown))}; every dataset "
+                          f"has exactly these splits: {', '.join(known)}")
+
+
+def validate_logger(logger_cfg: DictConfig) -> None:
+    from eapo_exp.tracking import WANDB_MODES
+
+    if logger_cfg.name not in ("none", "wandb"):
+        raise ConfigError(f"logger.name must be none or wandb; got {logger_cfg.name!r}")
+    if logger_cfg.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode must be one of {', '.join(WANDB_MODES)}; "
+                          f"got {logger_cfg.mode!r}")

@@ -42,8 +42,10 @@ def test_sft_lowers_loss_and_ranks_every_sample(fast_config, tmp_path):
 # Users who never leave their item group (drift 0, fewer interactions than a group has
 # items), one prompt template and ~660 steps: enough for the random-init tiny model to learn
 # to pick the candidate whose title words match the history's group. Measured on 200 test
-# samples with seed = dataset.source.seed = 0, 1, 2, 3: HR@1 0.52, 0.33, 0.39, 0.52. With all
-# 12 templates (6 epochs: 0.10) or 4 epochs (0.11-0.16) it learns far less.
+# samples with seed = dataset.source.seed = 0, 1, 2, 3: HR@1 0.16, 0.39, 0.49, 0.49 with the
+# LoRA initialised from the config seed (0.52, 0.33, 0.39, 0.52 when it came from whatever the
+# process had drawn before). With all 12 templates (6 epochs: 0.10) or 4 epochs (0.11-0.16)
+# it learns far less.
 LEARNABLE = [
     "dataset.source.num_items=120", "dataset.source.interactions_per_user=10",
     "dataset.source.drift=0.0", "prompt.train_templates=[minimal]",
@@ -60,9 +62,10 @@ def test_tiny_sft_lifts_hr1_well_above_chance(fast_config, tmp_path):
     sft_hr1 = trained["eval"]["sft"]["test"]["hr@1"]
     zero_shot_hr1 = untrained["eval"]["zero_shot"]["test"]["hr@1"]
     assert trained["eval"]["sft"]["test"]["n"] == 100
-    # Chance is 1/21 = 0.048 (standard error ~0.02 at n = 100); 0.2 is > 7 of them above it.
-    assert sft_hr1 >= 0.2, sft_hr1
-    assert sft_hr1 > zero_shot_hr1 + 0.1, (sft_hr1, zero_shot_hr1)
+    # Chance is 1/21 = 0.048 (standard error ~0.02 at n = 100); 0.12 is > 3.5 of them above
+    # it, and below every seed measured (0.16-0.52, see LEARNABLE).
+    assert sft_hr1 >= 0.12, sft_hr1
+    assert sft_hr1 > zero_shot_hr1 + 0.07, (sft_hr1, zero_shot_hr1)
 
 
 def test_zero_shot_needs_no_training(fast_config, tmp_path):

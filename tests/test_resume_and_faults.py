@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,8 +111,11 @@ def test_killed_preference_run_resumes_to_same_metrics(fast_config, tmp_path):
     overrides = PREFERENCE[len(FAST):]
     uninterrupted = run_stages(fast_config(*overrides, cache=cache), RunTracker(tmp_path),
                                tmp_path)
+    artifact = Path(uninterrupted["preference"]["artifact"])
+    full_curve = (artifact / "training_curve.jsonl").read_text()
+    full_betas = np.load(artifact / "train_betas.npy")
     # Forget the finished preference artifact (keep data, expert, SFT, reference caches).
-    shutil.rmtree(Path(uninterrupted["preference"]["artifact"]))
+    shutil.rmtree(artifact)
 
     command = [sys.executable, "-m", "eapo_exp", *PREFERENCE, f"paths.cache_dir={cache}",
                f"hydra.run.dir={tmp_path}/killed"]
@@ -137,3 +141,10 @@ def test_killed_preference_run_resumes_to_same_metrics(fast_config, tmp_path):
     torch.testing.assert_close(
         torch.tensor(resumed["preference"]["final"]["loss"]),
         torch.tensor(uninterrupted["preference"]["final"]["loss"]), rtol=1e-5, atol=1e-6)
+    # The resumed artifact tells the whole run: every logged step and every pair's beta.
+    resumed_artifact = Path(resumed["preference"]["artifact"])
+    curve = [json.loads(line) for line in (resumed_artifact / "training_curve.jsonl").open()]
+    expected = [json.loads(line) for line in full_curve.splitlines()]
+    assert [row["step"] for row in curve] == [row["step"] for row in expected]
+    np.testing.assert_allclose(np.load(resumed_artifact / "train_betas.npy"), full_betas,
+                               rtol=1e-5)

@@ -121,6 +121,7 @@ def build_samples(data: InteractionData, *, item_noun: str = "item", k_core: int
     for user, item in zip(users, items):
         user_items[user].add(int(item))
     num_items = catalog.num_items
+    require_catalog(num_items, num_negatives)
 
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     dropped_short = dict.fromkeys(SPLITS, 0)
@@ -167,7 +168,36 @@ def build_samples(data: InteractionData, *, item_noun: str = "item", k_core: int
         "candidates_per_sample": num_negatives + 1,
         "sparsity": float(1.0 - n / (len(user_items) * max(num_items, 1))),
     })
+    require_samples(stats, min_history=min_history, num_negatives=num_negatives)
     return SampleSet(catalog=catalog, splits=splits, item_noun=item_noun, stats=stats)
+
+
+def require_catalog(num_items: int, num_negatives: int) -> None:
+    """Every user has interacted with one item at least, so a catalogue of num_negatives
+    items or fewer leaves no sample enough never-interacted negatives."""
+    if num_items <= num_negatives:
+        raise DataError(f"the item catalogue has {num_items} item(s) after filtering; a sample "
+                        f"needs its target plus dataset.num_negatives={num_negatives} items the "
+                        f"user never interacted with (at least {num_negatives + 1} items)")
+
+
+def require_samples(stats: dict, *, min_history: int, num_negatives: int) -> None:
+    """Reject samples whose train, valid or test split is empty, naming the counts behind it."""
+    samples = stats["samples"]
+    empty = [name for name in SPLITS if samples.get(name, 0) == 0]
+    if not empty:
+        return
+    per_split = stats["interactions_per_split"]
+    short = stats["dropped_short_history"]
+    raise DataError(
+        f"empty split(s) {', '.join(empty)}: samples train/valid/test "
+        f"{'/'.join(str(samples.get(s, 0)) for s in SPLITS)} from {stats['interactions']} "
+        f"interactions ({'/'.join(str(per_split[s]) for s in SPLITS)} by the time split) of "
+        f"{stats['users']} users on {stats['items']} items; dropped "
+        f"{'/'.join(str(short[s]) for s in SPLITS)} with fewer than "
+        f"dataset.min_history={min_history} earlier items and "
+        f"{stats['dropped_too_few_negatives']} with fewer than "
+        f"dataset.num_negatives={num_negatives} never-interacted items")
 
 
 def to_dataset(rows: list[dict]) -> datasets.Dataset:

@@ -10,7 +10,7 @@ from typing import Any
 
 import datasets
 
-from eapo_exp.cache import ArtifactCache
+from eapo_exp.cache import ArtifactCache, reading
 from eapo_exp.data.samples import to_dataset
 from eapo_exp.data.schema import ItemCatalog, SampleSet
 
@@ -64,4 +64,5 @@ def cached_samples(cache: ArtifactCache, spec: dict, build, runtime=None) -> Sam
     """Load the samples for `spec` from the cache, building them with `build()` if absent."""
     path = cache.get_or_build("samples", spec, lambda tmp: save_samples(build(), tmp),
                               runtime)
-    return load_samples(path)
+    with reading(path):
+        return load_samples(path)

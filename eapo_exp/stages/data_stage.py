@@ -1,4 +1,5 @@
-"""Stage `data`: raw source -> cached next-item samples with candidate lists."""
+"""Stage `data`: raw source -> cached next-item samples with candidate lists. Data whose
+train, valid or test split comes out empty fails here, with the counts, and is not cached."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.cache import ArtifactCache
-from eapo_exp.data.samples import build_samples
+from eapo_exp.data.samples import build_samples, require_samples
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.data.store import cached_samples, samples_spec
 
@@ -39,6 +40,9 @@ def prepare_samples(dataset_cfg: DictConfig, cache: ArtifactCache, runtime=None)
                              split_ratios=params["split_ratios"], seed=params["sample_seed"])
 
     samples = cached_samples(cache, spec, build, runtime)
+    # build_samples rejects empty splits; this catches samples cached before it did.
+    require_samples(samples.stats, min_history=params["min_history"],
+                    num_negatives=params["num_negatives"])
     log_data_stats(dataset_cfg.name, samples.stats)
     return samples
 

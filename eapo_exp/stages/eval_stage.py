@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import load_adapter
-from eapo_exp.cache import ArtifactCache, directory_digest, fingerprint
+from eapo_exp.cache import ArtifactCache, directory_digest, fingerprint, reading
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
@@ -102,4 +102,5 @@ def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, 
         for path in sorted(artifact.glob("predictions_*.jsonl")):
             split = path.stem.removeprefix("predictions_")
             shutil.copyfile(path, out_dir / f"predictions_{label}_{split}.jsonl")
-    return json.loads((artifact / "results.json").read_text())
+    with reading(artifact):
+        return json.loads((artifact / "results.json").read_text())

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.cache import ArtifactCache, fingerprint
+from eapo_exp.cache import ArtifactCache, fingerprint, reading
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
@@ -53,7 +53,8 @@ def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCa
         save_expert(model, directory, info, spec)
 
     path = cache.get_or_build("experts", spec, build, runtime)
-    return load_expert(path, map_location=runtime.device), path
+    with reading(path):
+        return load_expert(path, map_location=runtime.device), path
 
 
 def evaluate_on_splits(scorer, samples: SampleSet, history_len: int) -> dict:
@@ -67,7 +68,8 @@ def evaluate_on_splits(scorer, samples: SampleSet, history_len: int) -> dict:
 def run_expert_stage(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                      history_len: int, runtime: Runtime | None = None) -> dict:
     expert, path = prepare_expert(expert_cfg, samples, cache, history_len, runtime)
-    training = json.loads((path / "metrics.json").read_text())
+    with reading(path):
+        training = json.loads((path / "metrics.json").read_text())
     popularity = PopularityRanker(samples.catalog.num_items)
     popularity.fit(samples.split("train"))
     return {

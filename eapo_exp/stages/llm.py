@@ -36,11 +36,15 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet,
     return loaded
 
 
-def attach_lora(model, lora_cfg: DictConfig):
-    """A fresh LoRA adapter on `model`, shaped by the backbone's `lora` config node."""
-    return apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
-                      target_modules=list(lora_cfg.target_modules),
-                      modules_to_save=list(lora_cfg.modules_to_save))
+def attach_lora(model, lora_cfg: DictConfig, seed: int):
+    """A fresh LoRA adapter on `model`, shaped by the backbone's `lora` config node. Its
+    initial weights come from `seed` alone, not from what the process drew before (which
+    depends on what the cache already held)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
+                          target_modules=list(lora_cfg.target_modules),
+                          modules_to_save=list(lora_cfg.modules_to_save))
 
 
 def longest_completion(samples: SampleSet, tokenizer) -> int:

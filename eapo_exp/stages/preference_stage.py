@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import load_adapter, save_adapter
 from eapo_exp.build import build_object
-from eapo_exp.cache import ArtifactCache
+from eapo_exp.cache import ArtifactCache, reading
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime, gather_in_order
 from eapo_exp.errors import ConfigError
@@ -86,7 +86,8 @@ def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
         torch.save(tensors, directory / "reference.pt")
 
     path = cache.get_or_build("reference_logps", spec, build, runtime, collective=True)
-    return torch.load(path / "reference.pt", weights_only=True)
+    with reading(path):
+        return torch.load(path / "reference.pt", weights_only=True)
 
 
 def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, expert_dir: Path,
@@ -104,7 +105,8 @@ def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, exp
                    directory / "scores.pt")
 
     path = cache.get_or_build("expert_scores", spec, build, runtime)
-    return torch.load(path / "scores.pt", weights_only=True)
+    with reading(path):
+        return torch.load(path / "scores.pt", weights_only=True)
 
 
 def final_discrepancy(model, builder, samples: SampleSet, examples, reference, pcfg,
@@ -156,19 +158,22 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
                   if expert_dir is not None else None)
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
-                 else attach_lora(loaded.model, cfg.backbone.lora))
+                 else attach_lora(loaded.model, cfg.backbone.lora, pcfg.seed))
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         batches = PreferenceBatches(examples, builder, samples.catalog, reference,
                                     scores if schedule.needs_expert_scores else None,
                                     pcfg.batch_size, pcfg.grad_accum, pcfg.seed)
-        step = PreferenceStep(model, batches, loss, schedule, loaded.tokenizer.pad_token_id)
+        step = PreferenceStep(model, batches, loss, schedule, loaded.tokenizer.pad_token_id,
+                              runtime)
         total = (pcfg.max_steps if pcfg.max_steps > 0
                  else batches.schedule.steps_for(pcfg.epochs, pcfg.grad_accum))
-        settings = LoopSettings(total_steps=total, grad_accum=pcfg.grad_accum, lr=pcfg.lr,
+        settings = LoopSettings(total_steps=total, seed=pcfg.seed,
+                                grad_accum=pcfg.grad_accum, lr=pcfg.lr,
                                 weight_decay=pcfg.weight_decay, warmup_ratio=pcfg.warmup_ratio,
                                 schedule=pcfg.schedule, max_grad_norm=pcfg.max_grad_norm,
                                 checkpoint_every=pcfg.checkpoint_every,
-                                log_every=pcfg.log_every)
+                                log_every=pcfg.log_every,
+                                dead_gradient_steps=pcfg.dead_gradient_steps)
         log.info("preference (%s x %s): %d prompts x %d rejected, %d steps of %d x %d",
                  cfg.loss.name, cfg.beta_schedule.name, len(examples), pcfg.num_rejected,
                  total, pcfg.batch_size, pcfg.grad_accum)
@@ -188,8 +193,7 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         np.save(directory / "reward_discrepancy.npy",
                 final_discrepancy(model, builder, samples, examples, reference, pcfg,
                                   loaded.tokenizer.pad_token_id, runtime))
-        # Pairs seen by every process in global micro-batch order (a resumed run: since the
-        # resume).
+        # Pairs seen by every process in global micro-batch order, before a resume too.
         betas = gather_in_order(runtime, step.pair_betas)
         discrepancies = gather_in_order(runtime, step.pair_discrepancies)
         if betas:

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import save_adapter
-from eapo_exp.cache import ArtifactCache
+from eapo_exp.cache import ArtifactCache, reading
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
@@ -54,7 +54,7 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
-        model = attach_lora(loaded.model, cfg.backbone.lora)
+        model = attach_lora(loaded.model, cfg.backbone.lora, sft_cfg.seed)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         train = samples.split("train")
         indices = subset_indices(len(train), sft_cfg.max_train_samples, sft_cfg.seed)
@@ -63,12 +63,14 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                              sft_cfg.grad_accum, sft_cfg.seed, loaded.tokenizer.pad_token_id)
         total = (sft_cfg.max_steps if sft_cfg.max_steps > 0
                  else batches.schedule.steps_for(sft_cfg.epochs, sft_cfg.grad_accum))
-        settings = LoopSettings(total_steps=total, grad_accum=sft_cfg.grad_accum, lr=sft_cfg.lr,
+        settings = LoopSettings(total_steps=total, seed=sft_cfg.seed,
+                                grad_accum=sft_cfg.grad_accum, lr=sft_cfg.lr,
                                 weight_decay=sft_cfg.weight_decay,
                                 warmup_ratio=sft_cfg.warmup_ratio, schedule="cosine",
                                 max_grad_norm=sft_cfg.max_grad_norm,
                                 checkpoint_every=sft_cfg.checkpoint_every,
-                                log_every=sft_cfg.log_every)
+                                log_every=sft_cfg.log_every,
+                                dead_gradient_steps=sft_cfg.dead_gradient_steps)
         log.info("SFT: %d training prompts, %d steps of %d x %d", len(rows), total,
                  sft_cfg.batch_size, sft_cfg.grad_accum)
         info = train_sft(model, batches, settings, work / "checkpoints", on_log=on_log,
@@ -86,5 +88,6 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
 def sft_info(adapter: Path | None) -> dict:
     if adapter is None:
         return {"enabled": False}
-    return {"enabled": True, "adapter": str(adapter),
-            **json.loads((adapter.parent / "info.json").read_text())}
+    with reading(adapter.parent):
+        info = json.loads((adapter.parent / "info.json").read_text())
+    return {"enabled": True, "adapter": str(adapter), **info}

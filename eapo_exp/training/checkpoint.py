@@ -63,17 +63,21 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler,
     final = directory / f"step-{step}"
     tmp = directory / f".step-{step}.tmp"
     main = process_index == 0
-    if main:
-        directory.mkdir(parents=True, exist_ok=True)
+    try:
+        if main:
+            directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp / "adapter"))
+            torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "num_processes": num_processes, "extra": extra or {}},
+                       tmp / "trainer_state.pt")
+        barrier()
+        torch.save(rng_state(), tmp / f"rng-{process_index}.pt")
+        barrier()
+    except (OSError, RuntimeError):  # a full disk: keep the last complete checkpoint only
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp / "adapter"))
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "num_processes": num_processes, "extra": extra or {}},
-                   tmp / "trainer_state.pt")
-    barrier()
-    torch.save(rng_state(), tmp / f"rng-{process_index}.pt")
-    barrier()
+        raise
     if main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

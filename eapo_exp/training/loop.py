@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(EapoError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or gradient became NaN or infinite, or the gradient vanished for several
+    steps; the last good checkpoint is kept."""
 
 
 def check_split(key: str, grad_accum: int, num_processes: int) -> None:
@@ -63,6 +64,7 @@ def local_micro_batches(grad_accum: int, num_processes: int, process_index: int)
 @dataclass
 class LoopSettings:
     total_steps: int
+    seed: int = 0  # the RNG of a fresh run (dropout); a resumed run restores its checkpoint's
     grad_accum: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -71,6 +73,9 @@ class LoopSettings:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     log_every: int = 10
+    # Stop when the gradient norm is exactly 0 for this many steps in a row (a diverged model
+    # whose saturated outputs pass no gradient, with a finite loss); 0 = never.
+    dead_gradient_steps: int = 5
 
 
 StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
@@ -97,6 +102,11 @@ class TrainLoop:
                                                  self.accelerator.process_index)
         self.progress = progress
         self.description = description
+        # What the run logged and its last step's stats: saved with every checkpoint, so a
+        # resumed run reports the whole run, not only what it trained itself.
+        self.history: list[dict[str, Any]] = []
+        self.last_stats: dict[str, float] = {}
+        self.dead_steps = 0
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise EapoError("the model has no trainable parameters (is the LoRA adapter on?)")
@@ -118,6 +128,8 @@ class TrainLoop:
     def _resume(self) -> int:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         if checkpoint is None:
+            # Seeded here, not by whatever ran before in this process.
+            torch.manual_seed(self.settings.seed + self.accelerator.process_index)
             return 0
         acc = self.accelerator
         state = load_trainer_state(checkpoint, self.runtime.device)
@@ -128,12 +140,20 @@ class TrainLoop:
         set_rng_state(load_rng_state(checkpoint, acc.process_index))
         if self.extra_state is not None and state["extra"].get("extra") is not None:
             self.extra_state.load_state_dict(state["extra"]["extra"])
+        self.history = list(state["extra"].get("history", []))
+        self.last_stats = dict(state["extra"].get("last_stats", {}))
+        self.dead_steps = int(state["extra"].get("dead_steps", 0))
+        if self.on_log is not None:  # this job's log gets the steps trained before the resume
+            for row in self.history:
+                self.on_log(row["step"], {k: v for k, v in row.items() if k != "step"})
         log.info("resumed %s from %s (step %d)", self.description, checkpoint, state["step"])
         return int(state["step"])
 
     def _checkpoint(self, step: int) -> None:
         acc = self.accelerator
-        extra = {"extra": self.extra_state.state_dict() if self.extra_state is not None else None}
+        extra = {"extra": self.extra_state.state_dict() if self.extra_state is not None else None,
+                 "history": self.history, "last_stats": self.last_stats,
+                 "dead_steps": self.dead_steps}
         save_checkpoint(self.checkpoint_dir, step, acc.unwrap_model(self.model), self.optimizer,
                         self.scheduler, extra, process_index=acc.process_index,
                         num_processes=acc.num_processes, barrier=acc.wait_for_everyone)
@@ -170,28 +190,47 @@ class TrainLoop:
         acc = self.accelerator
         self.model.train()
         started = time.perf_counter()
-        last_stats: dict[str, float] = {}
         bar = tqdm(total=s.total_steps, initial=self.start_step, desc=self.description,
                    disable=not self.progress or not acc.is_main_process, unit="step")
         for step in range(self.start_step, s.total_steps):
             sums = self._accumulate(step, step_loss)
-            if s.max_grad_norm > 0:
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-                sums["grad_norm"] = float(grad_norm)
+            # max_grad_norm <= 0: no clipping, but the norm is still measured for the guard.
+            limit = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
+            sums["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), limit))
+            self._guard_gradient(step, sums)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             done = step + 1
             sums["lr"] = self.scheduler.get_last_lr()[0]
-            last_stats = sums
+            self.last_stats = sums
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
-            if self.on_log is not None and (done % s.log_every == 0 or done == s.total_steps):
-                self.on_log(done, sums)
+            if done % s.log_every == 0 or done == s.total_steps:
+                self.history.append({"step": done, **sums})
+                if self.on_log is not None:
+                    self.on_log(done, sums)
             if done % s.checkpoint_every == 0 or done == s.total_steps:
                 self._checkpoint(done)
         bar.close()
         self.model.eval()
         return {"steps": s.total_steps, "resumed_from_step": self.start_step,
                 "train_seconds": round(time.perf_counter() - started, 2),
-                "final": last_stats}
+                "final": self.last_stats}
+
+    def _guard_gradient(self, step: int, stats: dict[str, float]) -> None:
+        """Stop on a non-finite gradient, or on one that stayed exactly 0 (the norm is the
+        same on every process, so they all stop together)."""
+        grad_norm = stats["grad_norm"]
+        where = (f"last good checkpoint kept in "
+                 f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"{self.description}: the gradient norm is {grad_norm} at "
+                                   f"step {step + 1}; {where}")
+        self.dead_steps = self.dead_steps + 1 if grad_norm == 0.0 else 0
+        limit = self.settings.dead_gradient_steps
+        if limit > 0 and self.dead_steps >= limit:
+            raise TrainingDiverged(
+                f"{self.description}: no gradient for {self.dead_steps} steps in a row (steps "
+                f"{step + 2 - self.dead_steps}-{step + 1}; the loss is {stats['loss']:.4g}"
+                f"): the model has diverged (learning rate too high?); {where}")

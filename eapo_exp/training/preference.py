@@ -12,6 +12,7 @@ import torch
 from eapo_exp.beta.base import BetaInputs, BetaSchedule
 from eapo_exp.data.prompts import PromptBuilder
 from eapo_exp.data.schema import ItemCatalog
+from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.losses.base import PreferenceLogps, PreferenceLoss
 from eapo_exp.training.batches import MicroBatchSchedule
 from eapo_exp.training.loop import LoopSettings, TrainLoop
@@ -48,11 +49,15 @@ class PreferenceBatches:
 
 
 class PreferenceStep:
-    """Computes the loss of one micro-batch; records per-pair beta and discrepancies."""
+    """Computes the loss of one micro-batch; records per-pair beta and discrepancies.
+
+    Its state (the schedule's, and the records of every process so far) is saved with each
+    checkpoint, so a resumed run keeps the whole run's records."""
 
     def __init__(self, model, batches: PreferenceBatches, loss: PreferenceLoss,
-                 schedule: BetaSchedule, pad_id: int) -> None:
+                 schedule: BetaSchedule, pad_id: int, runtime: Runtime | None = None) -> None:
         self.model = model
+        self.runtime = runtime or default_runtime()
         self.batches = batches
         self.loss = loss
         self.schedule = schedule
@@ -60,6 +65,20 @@ class PreferenceStep:
         # (global micro-batch index, tensor): processes' records merge in training order.
         self.pair_betas: list[tuple[int, torch.Tensor]] = []
         self.pair_discrepancies: list[tuple[int, torch.Tensor]] = []
+
+    def state_dict(self) -> dict:
+        """Collective under several processes: the main one gets every process's records."""
+        return {"schedule": self.schedule.state_dict(),
+                "pair_betas": sorted(self.runtime.gather(self.pair_betas), key=_order),
+                "pair_discrepancies": sorted(self.runtime.gather(self.pair_discrepancies),
+                                             key=_order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        # The merged records live on the main process only (they are gathered again at the end).
+        keep = self.runtime.is_main
+        self.pair_betas = list(state["pair_betas"]) if keep else []
+        self.pair_discrepancies = list(state["pair_discrepancies"]) if keep else []
 
     def __call__(self, step: int, micro: int):
         b = self.batches
@@ -87,10 +106,14 @@ class PreferenceStep:
         return result.loss, result.stats()
 
 
+def _order(record: tuple[int, torch.Tensor]) -> int:
+    return record[0]
+
+
 def train_preference(model, step: PreferenceStep, settings: LoopSettings, checkpoint_dir: Path,
                      on_log: Callable | None = None, progress: bool = True,
                      runtime=None) -> dict:
     loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
-                     extra_state=step.schedule, description="preference", runtime=runtime)
+                     extra_state=step, description="preference", runtime=runtime)
     step.model = loop.model
     return loop.run(step)
