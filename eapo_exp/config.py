@@ -32,6 +32,9 @@ class Stage(str, Enum):
     sft = "sft"
     preference = "preference"
     all = "all"
+    # ChatRec: the data, then a chat LLM behind an OpenAI-compatible endpoint ranks the
+    # candidates (no local model, no expert).
+    chatrec = "chatrec"
 
 
 # ---------------------------------------------------------------- paths
@@ -264,6 +267,9 @@ class PromptConfig:
     eval_template: str = "fixed:chronological"
     max_prompt_tokens: int = 768
     seed: int = 0
+    # The backbone's chat template around the prompt: off (plain text), auto (when the
+    # tokenizer has one), on (required). method=zero_shot sets auto.
+    chat_template: str = "off"
 
 
 @dataclass
@@ -335,6 +341,26 @@ class EvalConfig:
     high_preference_k: int = 3
 
 
+# ---------------------------------------------------------------- ChatRec
+@dataclass
+class ChatRecConfig:
+    """A chat LLM behind an OpenAI-compatible endpoint (method=chatrec). The API key is read
+    from the environment variable named by api_key_env, never from the config."""
+
+    _target_: str = "eapo_exp.chatrec.ChatEndpoint"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""  # the endpoint's model name (transformers serve: the served path)
+    temperature: float = 0.0
+    max_tokens: int = 512
+    concurrency: int = 4
+    timeout: float = 120.0  # seconds per request
+    # Retries with exponential backoff on 408/409/429/5xx, timeouts and connection errors.
+    retries: int = 4
+    api_key_env: str = ""  # e.g. OPENAI_API_KEY; "" = no key (local servers)
+    # Replies cached by (model, request): a rerun or a sweep sends nothing twice.
+    cache_dir: str = "${paths.artifact_cache}/chatrec_replies"
+
+
 # ---------------------------------------------------------------- logger
 @dataclass
 class LoggerConfig:
@@ -362,6 +388,7 @@ class Config:
     train: Any = MISSING
     eval: Any = MISSING
     logger: Any = MISSING
+    chatrec: ChatRecConfig = field(default_factory=ChatRecConfig)
 
 
 MAX_DIRNAME = 120

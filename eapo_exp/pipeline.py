@@ -73,6 +73,14 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     metrics["timings"]["data_s"] = round(time.perf_counter() - started, 2)
     metrics["data"] = {**samples.stats, "fingerprint": samples.fingerprint}
 
+    if stage is Stage.chatrec:  # no local model: a chat endpoint ranks the candidates
+        from eapo_exp.chatrec.stage import LABEL, METHOD, run_chatrec
+
+        started = time.perf_counter()
+        metrics["method"] = METHOD
+        metrics["eval"] = {LABEL: run_chatrec(cfg, samples, out, runtime)}
+        metrics["timings"][f"eval_{LABEL}_s"] = round(time.perf_counter() - started, 2)
+
     if stage in (Stage.expert, Stage.preference, Stage.all):
         from eapo_exp.stages.expert_stage import run_expert_stage
 

@@ -28,6 +28,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"expert.patience must be >= 1, got {ex.patience}")
     validate_eval(cfg.eval)
     validate_logger(cfg.logger)
+    validate_prompt(cfg.prompt)
 
     from eapo_exp.config import Stage
 
@@ -40,6 +41,8 @@ def validate_config(cfg: DictConfig) -> None:
         from eapo_exp.stages.preference_stage import validate_preference
 
         validate_preference(cfg)
+    if stage is Stage.chatrec:
+        validate_chatrec(cfg.chatrec)
 
 
 def check_schema_keys(node: DictConfig, prefix: str = "") -> None:
@@ -83,3 +86,23 @@ def validate_logger(logger_cfg: DictConfig) -> None:
     if logger_cfg.mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode must be one of {', '.join(WANDB_MODES)}; "
                           f"got {logger_cfg.mode!r}")
+
+
+def validate_prompt(prompt_cfg: DictConfig) -> None:
+    from eapo_exp.data.prompts import CHAT_TEMPLATE_MODES
+
+    if prompt_cfg.chat_template not in CHAT_TEMPLATE_MODES:
+        raise ConfigError(f"prompt.chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; "
+                          f"got {prompt_cfg.chat_template!r}")
+
+
+def validate_chatrec(chatrec_cfg: DictConfig) -> None:
+    from eapo_exp.chatrec.endpoint import check_endpoint_config
+
+    check_endpoint_config(chatrec_cfg.base_url, chatrec_cfg.model, chatrec_cfg.api_key_env)
+    for key, low in (("temperature", 0.0), ("max_tokens", 1), ("concurrency", 1),
+                     ("retries", 0)):
+        if chatrec_cfg[key] < low:
+            raise ConfigError(f"chatrec.{key} must be >= {low}, got {chatrec_cfg[key]}")
+    if chatrec_cfg.timeout <= 0:
+        raise ConfigError(f"chatrec.timeout must be > 0 seconds, got {chatrec_cfg.timeout}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def byte_bpe_tokenizer(corpus, vocab_size: int = 600):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(corpus) * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def smollm2_copy(tmp_path_factory) -> Path:
+    """The packaged SmolLM2-135M-Instruct as a local model directory: converted from its GGUF
+    once per session (~25 s), or reused from $EAPO_MODEL_CACHE."""
+    from eapo_exp.backbones.smollm2 import ensure_converted
+
+    cache = os.environ.get("EAPO_MODEL_CACHE") or str(tmp_path_factory.mktemp("smollm2_cache"))
+    return ensure_converted(cache)

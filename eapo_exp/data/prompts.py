@@ -12,6 +12,12 @@ without a leading space. `PromptBuilder.check_consistency` verifies this for a t
 
 Templates are drawn per example with a seeded RNG (LLaRA/EAPO multi-template sampling), so
 the draw depends only on (seed, split, epoch, sample key), never on iteration order.
+
+With a chat template (`chat_template="auto"` when the tokenizer has one, `"on"` to require
+one) the filled template is the user message of the tokenizer's own chat template, the
+prompt ends with its assistant header (`add_generation_prompt`) instead of the answer cue,
+and the template's text carries its special tokens (no tokenizer prefix is added). The
+completion is still title + EOS: an instruct tokenizer's EOS is its end-of-turn token.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from eapo_exp.errors import ConfigError, DataError
 
 ANSWER_CUE = "\nAnswer:\n"
+CHAT_TEMPLATE_MODES = ("off", "auto", "on")
 EMPTY_HISTORY = "(none yet)"
 
 # Slots: {noun} singular item noun, {nouns} plural, {history} the user's titles oldest first,
@@ -144,6 +151,7 @@ class PromptBuilder:
         max_prompt_tokens: int = 1024,
         seed: int = 0,
         item_noun_plural: str | None = None,
+        chat_template: str = "off",
     ) -> None:
         if not item_noun or not item_noun.strip():
             raise ConfigError("item_noun must be a non-empty word such as 'movie'")
@@ -182,11 +190,23 @@ class PromptBuilder:
         if eos is None:
             raise ConfigError("the tokenizer has no eos_token_id; completions end with EOS")
         self.eos_id = int(eos)
+        self.uses_chat_template = self._uses_chat_template(tokenizer, chat_template)
         self._prefix_ids = self._special_prefix()
         self._title_cache: dict[str, list[int]] = {}
         self.stats = {"examples": 0, "truncated_examples": 0, "dropped_history_items": 0}
 
     # ------------------------------------------------------------------ templates
+    @staticmethod
+    def _uses_chat_template(tokenizer, mode: str) -> bool:
+        if mode not in CHAT_TEMPLATE_MODES:
+            raise ConfigError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; "
+                              f"got {mode!r}")
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if mode == "on" and not has_template:
+            raise ConfigError("prompt.chat_template=on but the tokenizer has no chat template; "
+                              "use auto (plain prompts without one) or off")
+        return has_template and mode != "off"
+
     @staticmethod
     def _check_name(name: str) -> str:
         if name not in TEMPLATES:
@@ -236,16 +256,22 @@ class PromptBuilder:
 
     def render(self, history_titles: Sequence[str], candidate_titles: Sequence[str],
                template_name: str) -> str:
-        """The prompt text (without special tokens), ending with the answer cue."""
+        """The prompt text, ending with the answer cue (plain) or the assistant header of the
+        tokenizer's chat template (its special tokens written out as text)."""
         template = TEMPLATES[self._check_name(template_name)]
         history = format_titles(history_titles) if len(history_titles) else EMPTY_HISTORY
         body = template.format(
             noun=self.item_noun, nouns=self.item_noun_plural,
             history=history, candidates=format_titles(candidate_titles),
         )
+        if self.uses_chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True)
         return body + ANSWER_CUE
 
     def _prompt_ids(self, text: str) -> list[int]:
+        if self.uses_chat_template:  # the template writes its own BOS, if any
+            return self._encode(text)
         return self._prefix_ids + self._encode(text)
 
     # ------------------------------------------------------------------ building

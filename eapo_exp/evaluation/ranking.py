@@ -141,7 +141,8 @@ def rank_candidates(
 
     Each sample's template is builder.template_for(row index, split). Returns the metrics
     dict (hr@1, hr@5, ndcg@5 for score/beam; hr@1, hr@1_valid, valid_ratio for generate;
-    plus n, mode, hr@1_convention, timing and truncation counts) and one prediction dict per
+    plus n, mode, hr@1_convention, timing and truncation counts, and chat_template: whether the
+    prompts went through the tokenizer's chat template) and one prediction dict per
     sample (index, user, target, target_title, ranked_titles, ranked_items, target_rank,
     template, dropped_history; scores / beam_scores / generated+valid by mode).
 
@@ -221,6 +222,7 @@ def rank_candidates(
         samples_per_s=round(len(rows) / seconds, 3) if seconds > 0 else float("inf"),
         truncated_prompts=int(truncated),
         dropped_history_items=int(dropped),
+        chat_template=bool(getattr(builder, "uses_chat_template", False)),
     )
     if mode == "score":
         metrics["length_normalize"] = bool(length_normalize)

@@ -62,7 +62,7 @@ def make_prompt_builder(prompt_cfg: DictConfig, loaded: LoadedBackbone,
     return PromptBuilder(loaded.tokenizer, item_noun=samples.item_noun,
                          train_templates="all" if templates == ["all"] else templates,
                          eval_template=prompt_cfg.eval_template, max_prompt_tokens=budget,
-                         seed=prompt_cfg.seed)
+                         seed=prompt_cfg.seed, chat_template=prompt_cfg.chat_template)
 
 
 def backbone_spec(backbone_cfg: DictConfig) -> dict:
