@@ -43,10 +43,6 @@ class Runtime:
     def distributed(self) -> bool:
         return self.num_processes > 1
 
-    def barrier(self) -> None:
-        if self.distributed:
-            self.accelerator.wait_for_everyone()
-
     def broadcast(self, value: Any) -> Any:
         """The main process's `value`, on every process (any picklable object)."""
         if not self.distributed:
