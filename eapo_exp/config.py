@@ -8,20 +8,14 @@ arguments; no object reads the global config.
 
 from __future__ import annotations
 
-import atexit
-import hashlib
-import itertools
-import os
-import re
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
+
+from eapo_exp.run_dirs import claim_dir, short_dirname
 
 
 class Stage(str, Enum):
@@ -49,45 +43,9 @@ class PathsConfig:
     output_root: str = "outputs"
 
 
-# ---------------------------------------------------------------- dataset sources
-@dataclass
-class MovieLens100KSourceConfig:
-    _target_: str = "eapo_exp.data.sources.MovieLens100KSource"
-    cache_dir: str = II("paths.data_cache")
-    title_with_year: bool = True
-
-
-@dataclass
-class AtomicSourceConfig:
-    _target_: str = "eapo_exp.data.sources.AtomicSource"
-    inter_path: str = MISSING
-    item_path: str = MISSING
-    user_field: str = "user_id"
-    item_field: str = "item_id"
-    time_field: str = "timestamp"
-    rating_field: str = "rating"
-    title_field: str = ""
-    title_suffix_field: str = ""
-
-
-@dataclass
-class Amazon2018SourceConfig:
-    _target_: str = "eapo_exp.data.sources.Amazon2018Source"
-    reviews_path: str = MISSING
-    meta_path: str = MISSING
-
-
-@dataclass
-class SyntheticSourceConfig:
-    _target_: str = "eapo_exp.data.sources.SyntheticSource"
-    num_users: int = 200
-    num_items: int = 120
-    num_groups: int = 6
-    interactions_per_user: int = 20
-    drift: float = 0.15
-    seed: int = 0
-
-
+# ---------------------------------------------------------------- datasets
+# conf/dataset/<name>.yaml: these keys, and `source`, the `_target_` node of a data source
+# (eapo_exp/data/sources) with its constructor arguments.
 @dataclass
 class DatasetConfig:
     name: str = MISSING
@@ -132,9 +90,10 @@ class CaserConfig:
 
 
 @dataclass
-class ExpertConfig:
-    name: str = MISSING
-    model: Any = MISSING
+class ExpertTrainingConfig:
+    """How an expert is trained: eapo_exp.experts.training.train_expert takes exactly these
+    (eapo_exp.training.settings builds and validates them from the `expert` node)."""
+
     lr: float = 1e-3
     batch_size: int = 256
     max_epochs: int = 30
@@ -145,6 +104,12 @@ class ExpertConfig:
     # Fraction of training samples the expert sees (paper Fig. 2c: 1.0 / 0.75 / 0.5).
     data_fraction: float = 1.0
     seed: int = 0
+
+
+@dataclass
+class ExpertConfig(ExpertTrainingConfig):
+    name: str = MISSING
+    model: Any = MISSING
     # False: a job that needs the expert fails at startup unless it is already cached.
     train_if_missing: bool = True
 
@@ -201,64 +166,15 @@ class BackboneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
-# ---------------------------------------------------------------- losses and beta schedules
-# Each node is itself the `_target_` node; `name` is dropped before instantiation
-# (eapo_exp.build.build_object), so sweeps write `beta_schedule.u_beta=0.5`.
-@dataclass
-class DPOLossConfig:
-    _target_: str = "eapo_exp.losses.DPOLoss"
-    name: str = "dpo"
-
-
-@dataclass
-class SDPOLossConfig:
-    _target_: str = "eapo_exp.losses.SDPOLoss"
-    name: str = "sdpo"
-
-
-@dataclass
-class IPOLossConfig:
-    _target_: str = "eapo_exp.losses.IPOLoss"
-    name: str = "ipo"
-    tau: float = 0.1
-    length_normalize: bool = False
-
-
-@dataclass
-class CPOLossConfig:
-    _target_: str = "eapo_exp.losses.CPOLoss"
-    name: str = "cpo"
-    alpha: float = 1.0
-
-
-@dataclass
-class FixedBetaConfig:
-    _target_: str = "eapo_exp.beta.FixedBeta"
-    name: str = "fixed"
-    beta: float = 0.1
-
-
-@dataclass
-class BetaDPOConfig:
-    _target_: str = "eapo_exp.beta.BetaDPO"
-    name: str = "beta_dpo"
-    beta0: float = 0.1
-    rho: float = 0.2
-    alpha: float = 0.6
-    momentum: float = 0.9
-    seed: int = II("seed")
-
-
-@dataclass
-class ExpertBetaConfig:
-    _target_: str = "eapo_exp.beta.ExpertBeta"
-    name: str = "expert"
-    u_beta: float = 0.75
-    # Not given in the paper; 12.785 puts the lower bound z_c/gamma at ~0.1, DPO's usual beta.
-    gamma: float = 12.785
-
-
 # ---------------------------------------------------------------- prompts, training, evaluation
+@dataclass
+class HybridCurriculumConfig:
+    # LLaRA's curriculum (item_repr=hybrid, SFT only): the share of hybrid prompts rises
+    # linearly from start_share at the first step to 1 at ramp_fraction of the SFT steps.
+    start_share: float = 0.0
+    ramp_fraction: float = 1.0
+
+
 @dataclass
 class PromptConfig:
     # "all" or a list of template names (eapo_exp.data.prompts.TEMPLATES); one drawn per example.
@@ -270,21 +186,28 @@ class PromptConfig:
     # The backbone's chat template around the prompt: off (plain text), auto (when the
     # tokenizer has one), on (required). method=zero_shot sets auto.
     chat_template: str = "off"
+    # title: items are their titles. hybrid (LLaRA): each title in the history and the
+    # candidate list is followed by one slot holding the frozen expert's item embedding,
+    # projected into the LM by a 2-layer MLP trained with LoRA during SFT.
+    item_repr: str = "title"
+    curriculum: HybridCurriculumConfig = field(default_factory=lambda: HybridCurriculumConfig())
 
 
 @dataclass
-class SFTConfig:
-    # False = zero-shot baseline: no training, same prompts and evaluation.
-    enabled: bool = True
-    max_train_samples: int = 2000  # 0 = every training sample
+class LoopConfig:
+    """The keys of every LoRA training node (train.sft, train.preference), each of which sets
+    its own defaults below: eapo_exp.training.settings builds the loop's settings from them
+    and validates them, at startup and in the stage."""
+
+    max_train_samples: int = 0  # 0 = every training sample
     epochs: int = 1
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 4
-    grad_accum: int = 2
-    lr: float = 3e-4
+    grad_accum: int = 1
+    lr: float = 1e-4
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0  # <= 0: no clipping
     checkpoint_every: int = 50
     log_every: int = 10
     # Stop when the gradient norm is exactly 0 this many steps in a row (diverged); 0 = never.
@@ -293,26 +216,30 @@ class SFTConfig:
 
 
 @dataclass
-class PreferenceConfig:
+class SFTConfig(LoopConfig):
+    """LR: warmup then cosine decay (no `schedule` key)."""
+
+    # False = zero-shot baseline: no training, same prompts and evaluation.
+    enabled: bool = True
+    max_train_samples: int = 2000
+    grad_accum: int = 2
+    lr: float = 3e-4
+    warmup_ratio: float = 0.05
+
+
+@dataclass
+class PreferenceConfig(LoopConfig):
     # Rejected completions per prompt, drawn from the sample's non-target candidates.
     num_rejected: int = 3
-    max_train_samples: int = 512  # 0 = every training sample
-    epochs: int = 1
-    max_steps: int = -1  # > 0 overrides epochs
+    max_train_samples: int = 512
     batch_size: int = 2
     grad_accum: int = 4
-    lr: float = 1e-4
     schedule: str = "constant"  # constant (paper B.2.2) | cosine
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     checkpoint_every: int = 20
     log_every: int = 5
-    dead_gradient_steps: int = 5
     reference_batch_size: int = 4
     # Training prompts whose final reward discrepancy is measured after training.
     analysis_samples: int = 128
-    seed: int = II("seed")
 
 
 @dataclass
@@ -325,15 +252,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     name: str = "default"
-    mode: str = "score"  # score | beam | generate
+    # How candidates are ranked: a `_target_` node naming a row of
+    # eapo_exp.evaluation.modes.EVAL_MODES, with its constructor arguments (conf/eval/*.yaml).
+    mode: Any = MISSING
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
     # Samples per split, drawn once with subset_seed so every method ranks the same lists.
     max_samples: int = 500
     subset_seed: int = 0
     batch_size: int = 4
-    length_normalize: bool = False
-    beam_width: int = 5
-    max_new_tokens: int | None = None
     write_predictions: bool = True
     # Reuse the stored result when the same model was already evaluated the same way.
     reuse_cached: bool = True
@@ -391,75 +317,12 @@ class Config:
     chatrec: ChatRecConfig = field(default_factory=ChatRecConfig)
 
 
-MAX_DIRNAME = 120
-# Anything else (path separators, spaces, quotes, brackets, non-ASCII) becomes "_".
-UNSAFE_DIRNAME_CHARS = re.compile(r"[^A-Za-z0-9._,=+@-]+")
-
-
-def short_dirname(name: str) -> str:
-    """A sweep job's directory name: its overrides as one flat, portable path component.
-
-    Unsafe characters become "_" (a path-valued override would otherwise nest the job under
-    one folder per path component); names over MAX_DIRNAME characters are cut and end in a
-    hash of the whole string (file systems refuse names over 255 bytes; Optuna's float
-    overrides and long override lists exceed that)."""
-    name = str(name)
-    safe = UNSAFE_DIRNAME_CHARS.sub("_", name)
-    if len(safe) <= MAX_DIRNAME:
-        return safe
-    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-    return f"{safe[:MAX_DIRNAME - 11]}-{digest}"
-
-
-def claim_dir(base: str) -> str:
-    """Create and return a run or sweep directory no other job has: `base`, else `base-1`,
-    `base-2`, ... (os.mkdir is atomic, so two jobs started in the same second never share
-    one). Registered with use_cache: Hydra resolves the node once per sweep or run and
-    copies the cache into every job's config.
-
-    A non-main process of an `accelerate launch` job gets a scratch directory for Hydra's
-    own files instead, removed at exit: the job writes into the main process's directory
-    (pipeline.run_job)."""
-    rank = os.environ.get("RANK", "0")
-    if rank != "0":
-        scratch = tempfile.mkdtemp(prefix=f"eapo-exp-rank{rank}-")
-        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        return scratch
-    try:
-        return mkdir_unique(base)
-    except OSError as error:
-        # Raised inside Hydra's own set-up, which would print a traceback.
-        print(f"eapo-exp: error: cannot create the output directory {base} "
-              f"({error.strerror or error}); set paths.output_root (or hydra.run.dir / "
-              "hydra.sweep.dir) to a writable place", file=sys.stderr)
-        sys.exit(2)
-
-
-def mkdir_unique(base: str) -> str:
-    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    for attempt in itertools.count():
-        path = base if attempt == 0 else f"{base}-{attempt}"
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
-
-
 def register_configs() -> None:
     OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
     OmegaConf.register_new_resolver("claim_dir", claim_dir, replace=True, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="dataset", name="base_ml100k",
-             node=DatasetConfig(name="ml100k", source=MovieLens100KSourceConfig()))
-    cs.store(group="dataset", name="base_atomic",
-             node=DatasetConfig(name="atomic", source=AtomicSourceConfig()))
-    cs.store(group="dataset", name="base_amazon2018",
-             node=DatasetConfig(name="amazon2018", source=Amazon2018SourceConfig()))
-    cs.store(group="dataset", name="base_synthetic",
-             node=DatasetConfig(name="synthetic", source=SyntheticSourceConfig()))
+    cs.store(group="dataset", name="base_dataset", node=DatasetConfig)
     cs.store(group="expert", name="base_sasrec", node=ExpertConfig(name="sasrec",
                                                                    model=SASRecConfig()))
     cs.store(group="expert", name="base_gru4rec", node=ExpertConfig(name="gru4rec",
@@ -468,12 +331,6 @@ def register_configs() -> None:
                                                                   model=CaserConfig()))
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
-    for group, name, node in (("loss", "dpo", DPOLossConfig), ("loss", "sdpo", SDPOLossConfig),
-                              ("loss", "ipo", IPOLossConfig), ("loss", "cpo", CPOLossConfig),
-                              ("beta_schedule", "fixed", FixedBetaConfig),
-                              ("beta_schedule", "beta_dpo", BetaDPOConfig),
-                              ("beta_schedule", "expert", ExpertBetaConfig)):
-        cs.store(group=group, name=f"base_{name}", node=node)
     cs.store(group="eval", name="base_eval", node=EvalConfig)
     cs.store(group="backbone", name="base_smollm2",
              node=BackboneConfig(name="smollm2_135m", loader=SmolLM2LoaderConfig()))

@@ -26,7 +26,7 @@ from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import EapoError, rerun_command
-from eapo_exp.methods import method_label, method_name
+from eapo_exp.methods import METHODS, Method, job_method, sft_method
 from eapo_exp.report.tables import format_metric_table
 from eapo_exp.tracking import RunTracker
 from eapo_exp.validation import validate_config
@@ -62,10 +62,18 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
 
     runtime = runtime or default_runtime()
     stage = Stage(cfg.stage)
+    # First: a loss or β schedule without a row in the method table fails before training.
+    method = job_method(stage.value, cfg.loss.name, cfg.beta_schedule.name,
+                        cfg.train.sft.enabled, cfg.prompt.item_repr)
+    # A model on hybrid item prompts (LLaRA) reads the expert's item embeddings.
+    item_inputs = ("expert",) if cfg.prompt.item_repr == "hybrid" else ()
     cache = ArtifactCache(Path(cfg.paths.artifact_cache).resolve())
     metrics: dict = {"stage": stage.value, "timings": {},
                      "runtime": {"device": str(runtime.device),
-                                 "num_processes": runtime.num_processes}}
+                                 "num_processes": runtime.num_processes},
+                     "provenance": {}}
+    if method is not None:
+        metrics["method"] = method.display
     show = print_tables if runtime.is_main else lambda *args: None
 
     started = time.perf_counter()
@@ -74,12 +82,12 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     metrics["data"] = {**samples.stats, "fingerprint": samples.fingerprint}
 
     if stage is Stage.chatrec:  # no local model: a chat endpoint ranks the candidates
-        from eapo_exp.chatrec.stage import LABEL, METHOD, run_chatrec
+        from eapo_exp.chatrec.stage import run_chatrec
 
+        label = record_row(metrics, METHODS["chatrec"])
         started = time.perf_counter()
-        metrics["method"] = METHOD
-        metrics["eval"] = {LABEL: run_chatrec(cfg, samples, out, runtime)}
-        metrics["timings"][f"eval_{LABEL}_s"] = round(time.perf_counter() - started, 2)
+        metrics["eval"] = {label: run_chatrec(cfg, samples, out, runtime)}
+        metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
 
     if stage in (Stage.expert, Stage.preference, Stage.all):
         from eapo_exp.stages.expert_stage import run_expert_stage
@@ -88,6 +96,8 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
         metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len,
                                         runtime))
         metrics["timings"]["expert_s"] = round(time.perf_counter() - started, 2)
+        record_row(metrics, METHODS["expert_only"], "expert")
+        record_row(metrics, METHODS["popularity"])
         show({cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]},
                      ("valid", "test"), cfg.dataset.name)
 
@@ -103,7 +113,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
         metrics["timings"]["sft_s"] = round(time.perf_counter() - started, 2)
         metrics["eval"] = {}
         if stage in (Stage.sft, Stage.all):
-            label = "sft" if adapter is not None else "zero_shot"
+            label = record_row(metrics, sft_method(adapter is not None, cfg.prompt.item_repr))
             started = time.perf_counter()
             metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label, cache,
                                                       expert_artifact(metrics), runtime)
@@ -112,8 +122,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     if stage in (Stage.preference, Stage.all):
         from eapo_exp.stages.preference_stage import TRAINING_CURVE, prepare_preference
 
-        label = method_label(cfg.loss.name, cfg.beta_schedule.name)
-        metrics["method"] = method_name(cfg.loss.name, cfg.beta_schedule.name)
+        label = record_row(metrics, method, extra=item_inputs)
         started = time.perf_counter()
         logged_steps: list[int] = []
 
@@ -140,6 +149,16 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
         metrics["analysis"] = collect_analysis(metrics["eval"], out)
         show(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
+
+
+def record_row(metrics: dict, method: Method, label: str | None = None,
+               extra: tuple[str, ...] = ()) -> str:
+    """Write what a result row is (its method-table name) and what its result depends on
+    into metrics["provenance"], so the report reads both; returns the row's label."""
+    label = label or method.name
+    depends_on = list(dict.fromkeys((*method.depends_on, *extra)))
+    metrics["provenance"][label] = {"method": method.name, "depends_on": depends_on}
+    return label
 
 
 def make_tracker(cfg: DictConfig, out: Path, runtime: Runtime) -> RunTracker:

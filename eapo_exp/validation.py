@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.data.samples import validate_sample_params
 from eapo_exp.errors import ConfigError
+from eapo_exp.training.settings import validate_expert_training
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -18,14 +19,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_sample_params(k_core=ds.k_core, history_len=ds.history_len,
                            min_history=ds.min_history, num_negatives=ds.num_negatives,
                            split_ratios=ds.split_ratios)
-    ex = cfg.expert
-    if not 0.0 < ex.data_fraction <= 1.0:
-        raise ConfigError(f"expert.data_fraction must be in (0, 1], got {ex.data_fraction}")
-    for key in ("lr", "batch_size", "max_epochs"):
-        if ex[key] <= 0:
-            raise ConfigError(f"expert.{key} must be > 0, got {ex[key]}")
-    if ex.patience < 1:
-        raise ConfigError(f"expert.patience must be >= 1, got {ex.patience}")
+    validate_expert_training(cfg.expert)
     validate_eval(cfg.eval)
     validate_logger(cfg.logger)
     validate_prompt(cfg.prompt)
@@ -33,6 +27,11 @@ def validate_config(cfg: DictConfig) -> None:
     from eapo_exp.config import Stage
 
     stage = Stage(cfg.stage)
+    if cfg.prompt.item_repr == "hybrid" and (stage is Stage.chatrec
+                                             or not cfg.train.sft.enabled):
+        raise ConfigError("prompt.item_repr=hybrid needs SFT (train.sft.enabled=true): the "
+                          "item projector is trained there; zero-shot and ChatRec prompts "
+                          "are text only")
     if stage in (Stage.sft, Stage.preference, Stage.all):
         from eapo_exp.stages.sft_stage import validate_sft
 
@@ -67,10 +66,9 @@ def check_schema_keys(node: DictConfig, prefix: str = "") -> None:
 
 def validate_eval(eval_cfg: DictConfig) -> None:
     from eapo_exp.data.schema import COLD_START_SPLITS, SPLITS
-    from eapo_exp.evaluation.ranking import MODES
+    from eapo_exp.evaluation.modes import build_mode
 
-    if eval_cfg.mode not in MODES:
-        raise ConfigError(f"eval.mode must be one of {', '.join(MODES)}; got {eval_cfg.mode!r}")
+    build_mode(eval_cfg.mode)  # a registered mode whose constructor takes its arguments
     known = (*SPLITS, *COLD_START_SPLITS)
     unknown = [split for split in eval_cfg.splits if split not in known]
     if unknown:
@@ -89,11 +87,16 @@ def validate_logger(logger_cfg: DictConfig) -> None:
 
 
 def validate_prompt(prompt_cfg: DictConfig) -> None:
-    from eapo_exp.data.prompts import CHAT_TEMPLATE_MODES
+    from eapo_exp.data.curriculum import HybridCurriculum
+    from eapo_exp.data.prompts import CHAT_TEMPLATE_MODES, ITEM_REPRS
 
     if prompt_cfg.chat_template not in CHAT_TEMPLATE_MODES:
         raise ConfigError(f"prompt.chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; "
                           f"got {prompt_cfg.chat_template!r}")
+    if prompt_cfg.item_repr not in ITEM_REPRS:
+        raise ConfigError(f"prompt.item_repr must be one of {', '.join(ITEM_REPRS)}; "
+                          f"got {prompt_cfg.item_repr!r}")
+    HybridCurriculum(**prompt_cfg.curriculum)  # range checks
 
 
 def validate_chatrec(chatrec_cfg: DictConfig) -> None:

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from eapo_exp.cache import Claim
+from eapo_exp.claims import Claim
 
 
 def test_claim_excludes_a_second_holder_until_released(tmp_path):

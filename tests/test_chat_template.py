@@ -12,6 +12,7 @@ from eapo_exp.backbones.smollm2 import SmolLM2Backbone
 from eapo_exp.data.prompts import ANSWER_CUE, PromptBuilder
 from eapo_exp.data.schema import ItemCatalog
 from eapo_exp.errors import ConfigError
+from eapo_exp.evaluation.modes import BeamMode, GenerateMode, ScoreMode
 from eapo_exp.evaluation.ranking import rank_candidates
 from eapo_exp.pipeline import run_stages
 from eapo_exp.tracking import RunTracker
@@ -82,14 +83,14 @@ def _logprob(model, prompt_ids, completion_ids) -> float:
 def test_every_mode_ranks_through_the_chat_template(smollm2):
     tok, model = smollm2.tokenizer, smollm2.model
     builder = _builder(tok, "auto")
-    for mode in ("score", "beam", "generate"):
-        metrics, predictions = rank_candidates(model, builder, ROWS, CATALOG, mode=mode,
-                                               batch_size=2, max_new_tokens=12, progress=False)
-        assert metrics["chat_template"] is True and metrics["n"] == 2, mode
+    for mode in (ScoreMode(), BeamMode(), GenerateMode(max_new_tokens=12)):
+        metrics, predictions = rank_candidates(model, builder, ROWS, CATALOG, mode,
+                                               batch_size=2, progress=False)
+        assert metrics["chat_template"] is True and metrics["n"] == 2, mode.name
         assert all(0 <= p["target_rank"] <= 4 for p in predictions)
-        if mode == "score":
+        if mode.name == "score":
             scores = predictions[0]["scores"]
-        if mode == "generate":
+        if mode.name == "generate":
             assert all(isinstance(p["generated"], str) for p in predictions)
     # Score mode's log p(title + EOS | prompt) is the one under the chat-template prompt.
     example = builder.build_sample(ROWS[0], CATALOG, "test", 0)

@@ -1,6 +1,8 @@
-"""Every option in conf/ composes; bad keys, types and ranges fail at startup."""
+"""Bad keys, types and ranges fail at startup; experiments declare sweeps that apply.
+(Every option composing, with its `_target_` nodes bound: tests/test_conf_targets.py.)"""
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -8,23 +10,7 @@ from eapo_exp.errors import ConfigError
 from eapo_exp.validation import validate_config
 from tests.conftest import CONF
 from tests.conftest import compose_config as compose_with
-
-
-def group_options():
-    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir()):
-        if group_dir.name in ("hydra", "accelerate"):
-            continue
-        for option in sorted(group_dir.glob("*.yaml")):
-            yield group_dir.name, option.stem
-
-
-@pytest.mark.parametrize("group,option", list(group_options()))
-def test_every_option_composes(group, option):
-    override = f"{group}={option}"
-    cfg = compose_with([override])
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    if group not in ("experiment", "method"):  # those two are `# @package _global_`
-        assert container[group] is not None
+from tests.test_conf_targets import composed
 
 
 def test_default_config_validates():
@@ -64,6 +50,30 @@ def test_method_presets_pick_loss_and_schedule():
     assert compose_with(["method=zero_shot"]).train.sft.enabled is False
 
 
-def test_experiment_declares_its_sweep():
-    cfg = compose_with(["experiment=u_beta"])
-    assert "beta_schedule.u_beta" in cfg.hydra.sweeper.params if "hydra" in cfg else True
+def sweep_values(key: str, value) -> list:
+    override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+    return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_declares_its_sweep(experiment):
+    """Each swept group has the swept options, and the first job of the sweep (every group at
+    its first option) has each swept value key and takes every swept value (the schema's
+    type check). cpu_scale is the others' base and sweeps nothing."""
+    params = composed(f"experiment={experiment}").hydra.sweeper.params or {}
+    assert bool(params) == (experiment != "cpu_scale"), dict(params)
+    swept = {key: sweep_values(key, value) for key, value in params.items()}
+    groups = {key: values for key, values in swept.items() if (CONF / key).is_dir()}
+    for key, values in groups.items():
+        missing = [v for v in values if not (CONF / key / f"{v}.yaml").exists()]
+        assert not missing, f"{experiment}: no conf/{key}/ option {missing}"
+    job = compose_with([f"experiment={experiment}",
+                        *(f"{key}={values[0]}" for key, values in groups.items())])
+    for key in swept.keys() - groups.keys():
+        assert OmegaConf.select(job, key, default=KeyError) is not KeyError, (experiment, key)
+        for value in swept[key]:
+            OmegaConf.update(job, key, value)  # raises on a value of the wrong type
+
+
+def test_u_beta_sweeps_the_upper_bound():
+    assert "beta_schedule.u_beta" in composed("experiment=u_beta").hydra.sweeper.params

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from eapo_exp.config import ExpertTrainingConfig
+from eapo_exp.errors import ConfigError
 from eapo_exp.experts import (
-    EXPERTS,
     Caser,
     GRU4Rec,
     PopularityRanker,
     SASRec,
-    build_expert,
     evaluate_scorer,
     load_expert,
     pad_histories,
@@ -30,6 +30,7 @@ NUM_ITEMS = 100
 HISTORY_LEN = 10
 NUM_NEGATIVES = 20
 MAX_EPOCHS = 6
+EXPERTS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "caser": Caser}
 
 
 def _planted_splits(num_users: int = 160, seq_len: int = 20, noise: float = 0.1,
@@ -83,7 +84,8 @@ def _small(name: str) -> torch.nn.Module:
     kwargs = {"hidden_size": 32}
     if name in ("sasrec", "caser"):
         kwargs["max_len"] = HISTORY_LEN
-    return build_expert(name, NUM_ITEMS, seed=0, **kwargs)
+    torch.manual_seed(0)
+    return EXPERTS[name](NUM_ITEMS, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +93,10 @@ def trained(splits) -> dict[str, tuple[torch.nn.Module, dict]]:
     out = {}
     for name in EXPERTS:
         model = _small(name)
+        settings = ExpertTrainingConfig(lr=5e-3, batch_size=128, max_epochs=MAX_EPOCHS,
+                                        patience=2, min_delta=0.0)
         result = train_expert(model, splits["train"], splits["valid"], history_len=HISTORY_LEN,
-                              lr=5e-3, batch_size=128, max_epochs=MAX_EPOCHS, patience=2,
-                              progress=False, seed=0)
+                              settings=settings, progress=False)
         out[name] = (model, result)
     return out
 
@@ -156,8 +159,6 @@ def test_constructor_validation():
         SASRec(NUM_ITEMS, hidden_size=30, num_heads=4)
     with pytest.raises(ValueError):
         Caser(0)
-    with pytest.raises(ValueError):
-        build_expert("bert4rec", NUM_ITEMS)
 
 
 # ------------------------------------------------------------------ popularity
@@ -241,25 +242,46 @@ def test_data_fraction(splits):
     with pytest.raises(ValueError):
         subsample_indices(10, 0.0, 0)
     for bad in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError, match="expert.data_fraction"):
             train_expert(_small("gru4rec"), splits["train"], splits["valid"],
-                         history_len=HISTORY_LEN, data_fraction=bad, progress=False)
+                         history_len=HISTORY_LEN,
+                         settings=ExpertTrainingConfig(data_fraction=bad), progress=False)
     a, b = subsample_indices(1000, 0.5, 3), subsample_indices(1000, 0.5, 3)
     assert len(a) == 500 and np.array_equal(a, b) and np.all(np.diff(a) > 0)
     model = _small("gru4rec")
     result = train_expert(model, splits["train"], splits["valid"], history_len=HISTORY_LEN,
-                          data_fraction=0.25, max_epochs=1, progress=False)
+                          settings=ExpertTrainingConfig(data_fraction=0.25, max_epochs=1),
+                          progress=False)
     assert result["train_samples_used"] == round(0.25 * len(splits["train"]))
     assert result["epochs_run"] == 1
+
+
+def test_training_settings_come_from_the_expert_node_and_are_checked():
+    from omegaconf import OmegaConf
+
+    from eapo_exp.training.settings import expert_training
+
+    node = OmegaConf.create({"name": "gru4rec", "model": {}, "train_if_missing": True,
+                             "lr": 0.01, "batch_size": 64, "max_epochs": 4, "patience": 2,
+                             "min_delta": 0.0, "weight_decay": 0.1, "data_fraction": 0.5,
+                             "seed": 3})
+    assert expert_training(node) == ExpertTrainingConfig(lr=0.01, batch_size=64, max_epochs=4,
+                                                         patience=2, min_delta=0.0,
+                                                         weight_decay=0.1, data_fraction=0.5,
+                                                         seed=3)
+    for key, bad in (("patience", 0), ("lr", 0.0), ("min_delta", -1e-3), ("batch_size", 0)):
+        with pytest.raises(ConfigError, match=f"expert.{key}"):
+            expert_training(OmegaConf.merge(node, {key: bad}))
 
 
 def test_training_is_deterministic(splits):
     results = []
     for _ in range(2):
         model = _small("sasrec")
+        settings = ExpertTrainingConfig(max_epochs=2, seed=1)
         results.append(train_expert(model, splits["train"], splits["valid"],
-                                    history_len=HISTORY_LEN, max_epochs=2, progress=False,
-                                    seed=1)["history"])
+                                    history_len=HISTORY_LEN, settings=settings,
+                                    progress=False)["history"])
     assert results[0] == results[1]
 
 

@@ -55,7 +55,7 @@ def test_whole_job_runs_on_cuda(fast_config, tmp_path, forwards_on_cuda, method)
 
 @pytest.mark.parametrize("mode", ["beam", "generate"])
 def test_evaluation_modes_run_on_cuda(fast_config, tmp_path, forwards_on_cuda, mode):
-    cfg = fast_config("method=sft", "stage=sft", f"eval.mode={mode}", "eval.max_samples=8",
+    cfg = fast_config("method=sft", "stage=sft", f"eval={mode}", "eval.max_samples=8",
                       "train.sft.max_train_samples=16", "train.sft.epochs=1")
     metrics = run_stages(cfg, RunTracker(tmp_path), tmp_path)
     assert metrics["eval"]["sft"]["test"]["n"] == 8

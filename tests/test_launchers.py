@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from eapo_exp.config import MAX_DIRNAME, short_dirname
+from eapo_exp.run_dirs import MAX_DIRNAME, short_dirname
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parents[1]

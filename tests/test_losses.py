@@ -19,10 +19,10 @@ from eapo_exp.losses import (
     PreferenceLoss,
     SDPOLoss,
     response_nll,
-    sequence_logps,
 )
 
-ALL_LOSSES = [DPOLoss(), SDPOLoss(), IPOLoss(), IPOLoss(length_normalize=True), CPOLoss()]
+ALL_LOSSES = [DPOLoss(), SDPOLoss(), IPOLoss(), IPOLoss(length_normalize=True),
+              IPOLoss(form="standard"), CPOLoss()]
 
 
 def _random_logps(b: int, k: int, seed: int = 0, requires_grad: bool = False,
@@ -82,6 +82,22 @@ def test_ipo_hand_computed():
     assert out.loss.item() == pytest.approx((3.24 + 3.0625) / 2, rel=1e-12)
 
 
+def test_ipo_standard_form_and_its_relation_to_eq12():
+    beta = torch.tensor([[0.1, 0.5]], dtype=torch.float64)
+    out = IPOLoss(form="standard")(_tiny(), beta)
+    # Δ = [2, 0.5]; targets 1/(2β) = [5, 1]: (2 − 5)² = 9, (0.5 − 1)² = 0.25
+    assert out.loss.item() == pytest.approx((9 + 0.25) / 2, rel=1e-12)
+    # eq. 12 at (β, τ) = β² · the standard IPO at regularisation τβ, pair by pair (K = 1)
+    tau, logps = 0.3, _random_logps(b=6, k=1, seed=6)
+    betas = torch.rand(6, 1, generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64) + 0.05
+    paper = IPOLoss(tau=tau)(logps, betas).per_prompt_loss
+    standard = IPOLoss(form="standard")(logps, tau * betas).per_prompt_loss
+    assert torch.allclose(paper, betas[:, 0] ** 2 * standard, rtol=1e-12)
+    with pytest.raises(ConfigError, match="loss.form"):
+        IPOLoss(form="trl")
+
+
 def test_ipo_length_normalized_hand_computed():
     out = IPOLoss(tau=0.5, length_normalize=True)(_tiny(), 1.0)
     # per-token r̂: w: (−4+5)/2 = 0.5; 1: (−9+8)/3 = −1/3; 2: (−6+6.5)/4 = 0.125
@@ -98,7 +114,6 @@ def test_cpo_hand_computed_reference_free():
     assert out.loss.item() == pytest.approx(pref + 0.5 * 2.0, rel=1e-12)
     assert out.chosen_rewards.tolist() == pytest.approx([0.3 * -4.0])     # β · log πθ
     assert out.logratio_discrepancy.tolist() == [[5.0, 2.0]]
-    assert not CPOLoss().needs_reference and DPOLoss().needs_reference
 
 
 def test_dpo_needs_reference_and_cpo_needs_lengths():
@@ -213,6 +228,33 @@ def test_prompt_without_valid_pair_is_left_out(loss):
     assert math.isnan(out.stats()["rewards/margins"])
 
 
+@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda m: repr(m))
+def test_flat_mean_weighs_each_prompt_by_its_pairs(loss):
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    logps = _random_logps(b=3, k=3, seed=7, mask=mask)
+    beta = torch.full((3, 3), 0.3, dtype=torch.float64)
+    by_prompt = loss(logps, beta)
+    flat = loss(logps, beta, flat_mean_over=4.0)
+    per_prompt = by_prompt.per_prompt_loss
+    assert flat.loss.item() == pytest.approx(
+        (3 * per_prompt[0] + per_prompt[1]).item() / 4, rel=1e-12)
+    # over twice the pairs: half the loss (β-DPO's micro-batch share of a step's flat mean)
+    half = loss(logps, beta, flat_mean_over=8.0)
+    assert half.loss.item() == pytest.approx(flat.loss.item() / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="flat_mean_over"):
+        loss(logps, beta, flat_mean_over=0.0)
+
+
+def test_flat_mean_of_dpo_is_the_mean_over_pairs():
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    logps = _random_logps(b=2, k=3, seed=8, mask=mask)
+    beta = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=torch.float64)
+    out = DPOLoss()(logps, beta, flat_mean_over=3.0)
+    pairs = -F.logsigmoid(out.margins[mask])
+    assert out.loss.item() == pytest.approx(pairs.mean().item(), rel=1e-12)
+    assert out.loss.item() != pytest.approx(DPOLoss()(logps, beta).loss.item(), rel=1e-3)
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -248,7 +290,7 @@ def test_losses_are_modules_built_by_target():
 # ---------------------------------------------------------------- SFT helpers
 
 
-def test_response_nll_and_sequence_logps():
+def test_response_nll():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 7, generator=g)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 0]])
@@ -257,8 +299,5 @@ def test_response_nll_and_sequence_logps():
     pos = [(0, 1, 3), (0, 2, 4), (1, 0, 1), (1, 1, 2), (1, 2, 6), (1, 3, 0)]
     picked = [logp[b, t, y].item() for b, t, y in pos]
     assert response_nll(logits, labels).item() == pytest.approx(-sum(picked) / 6, rel=1e-6)
-    sums, counts = sequence_logps(logits, labels)
-    assert sums.tolist() == pytest.approx([sum(picked[:2]), sum(picked[2:])], rel=1e-6)
-    assert counts.tolist() == [2, 4]
     flat = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1))
     assert response_nll(logits, labels).item() == pytest.approx(flat.item(), rel=1e-6)

@@ -3,7 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from eapo_exp.evaluation.metrics import metrics_from_ranks, rank_in_list, target_ranks
+from eapo_exp.evaluation.metrics import (
+    metrics_from_ranks,
+    rank_in_list,
+    target_ranks,
+    valid_output_metrics,
+)
 
 
 def test_ranks_hand_computed():
@@ -52,3 +57,10 @@ def test_rank_in_list():
 def test_empty_ranks_rejected():
     with pytest.raises(ValueError):
         metrics_from_ranks([])
+
+
+def test_valid_output_metrics_hand_computed():
+    # Four outputs: a hit, a valid miss, an invalid one, a hit.
+    m = valid_output_metrics([1, 0, 0, 1], [True, True, False, True])
+    assert m == {"valid_ratio": 0.75, "hr@1_valid": pytest.approx(2 / 3), "n_valid": 3}
+    assert valid_output_metrics([0, 0], [False, False])["hr@1_valid"] == 0.0

@@ -120,7 +120,6 @@ def test_truncation_drops_oldest_history_keeps_candidates(tokenizer):
     assert len(tokenizer(longer, add_special_tokens=False)["input_ids"]) > limit
     assert builder.stats == {"examples": 1, "truncated_examples": 1,
                              "dropped_history_items": ex.dropped_history}
-    assert builder.dropped_history == ex.dropped_history
 
     too_small = PromptBuilder(tokenizer, max_prompt_tokens=len(none.prompt_ids) - 1)
     with pytest.raises(ConfigError, match="raise max_prompt_tokens"):
@@ -136,3 +135,23 @@ def test_build_sample_uses_catalog_and_item_ids(tokenizer):
     assert ex.template == "minimal" and ex.target_index == 1
     assert ex.candidate_titles == [TITLES[6], TITLES[4], TITLES[8]]
     assert '"Toy Story (1995)", "Heat (1995)", "Lion King, The (1994)"' in ex.prompt_text
+
+
+def test_a_title_has_one_set_of_ids_in_sft_preference_and_evaluation(tokenizer):
+    from eapo_exp.training.preference_data import PreferenceExample, tokenize_example
+
+    titles = [" Toy   Story (1995) ", "Heat (1995)", "Babe\t(1995)"]
+    catalog = ItemCatalog(raw_ids=["", "1", "2", "3"], titles=["", *titles])
+    sample = {"user": "u1", "history": [2], "target": 1, "candidates": [3, 1, 2],
+              "timestamp": 0.0}
+    builder = PromptBuilder(tokenizer, item_noun="movie")
+    expected = builder.title_ids("Toy Story (1995)")
+    # SFT trains on prompt_ids + target_ids of the training example (training.sft.SFTBatches).
+    sft = builder.build_sample(sample, catalog, "train", sample_key=0).target_ids
+    _, (chosen, *rejected) = tokenize_example(builder, catalog,
+                                              PreferenceExample(row=0, sample=sample,
+                                                                rejected=[3]))
+    evaluation = builder.build_sample(sample, catalog, "test", 0)
+    assert sft == chosen == evaluation.completion_ids[evaluation.target_index] == expected
+    assert rejected == [evaluation.completion_ids[0]] == [builder.title_ids("Babe (1995)")]
+    assert evaluation.candidate_titles[1] == "Toy Story (1995)"

@@ -17,6 +17,7 @@ from eapo_exp.evaluation.constrained_beam import (
 )
 from eapo_exp.evaluation.generate import match_candidate, normalize_title
 from eapo_exp.evaluation.metrics import metrics_from_ranks, target_ranks
+from eapo_exp.evaluation.modes import BeamMode, GenerateMode, ScoreMode
 from eapo_exp.evaluation.ranking import rank_candidates
 from eapo_exp.training.shared_prefix import naive_completion_logprobs
 from tests.conftest import byte_bpe_tokenizer
@@ -63,7 +64,7 @@ def setup():
 
 def test_score_mode_equals_sorted_naive_loglik(setup):
     tokenizer, model, catalog, samples, builder = setup
-    metrics, preds = rank_candidates(model, builder, samples, catalog, mode="score",
+    metrics, preds = rank_candidates(model, builder, samples, catalog, ScoreMode(),
                                      batch_size=3, progress=False)
     examples = [builder.build_sample(s, catalog, "test", i) for i, s in enumerate(samples)]
     with torch.no_grad():
@@ -90,8 +91,8 @@ def test_score_mode_equals_sorted_naive_loglik(setup):
 
 def test_beam_returns_only_candidates_and_matches_exhaustive(setup):
     tokenizer, model, catalog, samples, builder = setup
-    metrics, preds = rank_candidates(model, builder, samples, catalog, mode="beam",
-                                     batch_size=4, beam_width=5, progress=False)
+    metrics, preds = rank_candidates(model, builder, samples, catalog, BeamMode(beam_width=5),
+                                     batch_size=4, progress=False)
     for pred, sample in zip(preds, samples):
         cand_titles = {catalog.title(i) for i in sample["candidates"]}
         assert 1 <= len(pred["ranked_titles"]) <= 5
@@ -100,8 +101,7 @@ def test_beam_returns_only_candidates_and_matches_exhaustive(setup):
     assert metrics["n"] == len(samples) and 0.0 <= metrics["hr@5"] <= 1.0
 
     # With a beam as wide as the candidate set nothing is pruned: order = score order.
-    _, scored = rank_candidates(model, builder, samples, catalog, mode="score",
-                                progress=False)
+    _, scored = rank_candidates(model, builder, samples, catalog, ScoreMode(), progress=False)
     examples = [builder.build_sample(s, catalog, "test", i) for i, s in enumerate(samples)]
     hyps = constrained_beam_search(model, [e.prompt_ids for e in examples],
                                    [e.completion_ids for e in examples],
@@ -148,7 +148,7 @@ def test_generate_metrics_hand_built(setup, monkeypatch):
         return outputs
 
     monkeypatch.setattr(generate_module, "greedy_generate", fake_generate)
-    metrics, preds = rank_candidates(model, builder, chosen, catalog, mode="generate",
+    metrics, preds = rank_candidates(model, builder, chosen, catalog, GenerateMode(),
                                      batch_size=8, progress=False)
     assert metrics["hr@1"] == pytest.approx(0.5)  # all samples, invalid = miss
     assert metrics["valid_ratio"] == pytest.approx(0.75)
@@ -162,8 +162,9 @@ def test_generate_metrics_hand_built(setup, monkeypatch):
 def test_generate_mode_runs_with_real_decoding(setup):
     _, model, catalog, samples, builder = setup
     model.train()
-    metrics, preds = rank_candidates(model, builder, samples[:3], catalog, mode="generate",
-                                     batch_size=2, max_new_tokens=6, progress=False)
+    metrics, preds = rank_candidates(model, builder, samples[:3], catalog,
+                                     GenerateMode(max_new_tokens=6), batch_size=2,
+                                     progress=False)
     assert metrics["n"] == 3 and 0.0 <= metrics["valid_ratio"] <= 1.0
     assert all(isinstance(p["generated"], str) for p in preds)
     assert model.training is True  # restored after evaluating in eval mode

@@ -19,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eapo_exp.config import MAX_DIRNAME, claim_dir, short_dirname
 from eapo_exp.data.interactions import InteractionData
 from eapo_exp.data.samples import build_samples
 from eapo_exp.errors import DataError
+from eapo_exp.run_dirs import MAX_DIRNAME, claim_dir, short_dirname
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +204,9 @@ def test_ctrl_c_exits_130_with_status_interrupted(tmp_path):
 
 @pytest.mark.parametrize("overrides,needle", [
     (["stage=sft", "+train.sft.foo=1"], "unknown config key train.sft.foo"),
+    (["stage=all", "loss=ipo", "+loss.taux=1"], "unexpected keyword argument 'taux'"),
+    (["stage=sft", "prompt.item_repr=hybrid", "train=zero_shot"],
+     "prompt.item_repr=hybrid needs SFT"),
     (["stage=all", "eval.mode=bogus"], "eval.mode must be one of score, beam, generate"),
     (["stage=all", "eval.splits=[valid,tset]"], "eval.splits names 'tset'"),
     (["stage=data", "logger=wandb", "logger.mode=bogus"],

@@ -13,15 +13,11 @@ import pytest
 import yaml
 
 from eapo_exp.report.cli import main
+from eapo_exp.report.jobs import collect_jobs
+from eapo_exp.report.markdown import summary_markdown
 from eapo_exp.report.plots import make_plots
-from eapo_exp.report.sweep import (
-    build_report,
-    collect_jobs,
-    format_value,
-    method_name,
-    summarize,
-    summary_markdown,
-)
+from eapo_exp.report.summary import format_value, summarize
+from eapo_exp.report.sweep import build_report
 from eapo_exp.report.tables import format_metric_table
 
 # hr@1 on test per (method, u_beta, seed). DPO mean 0.405; EAPO(U_β=0.75) mean 0.465:
@@ -124,14 +120,7 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
-def test_method_names():
-    assert method_name("dpo", "expert") == "EAPO"
-    assert method_name("dpo", "beta_dpo") == "β-DPO"
-    assert method_name("sdpo", "expert") == "EA-SDPO"
-    assert method_name("ipo", "fixed") == "IPO"
-    assert method_name("cpo", "expert") == "EA-CPO"
-    assert method_name("ipo", "beta_dpo") == "β-IPO"  # generic fallbacks
-    assert method_name("dpo", "other") == "DPO+other"
+def test_format_value():
     assert format_value(0.5558, None, 14.8148) == "0.5558 (+14.81%)"
     assert format_value(0.5, 0.01, -2.0) == "0.5000 ± 0.0100 (-2.00%)"
 
@@ -199,6 +188,36 @@ def test_single_seed_has_no_std(tmp_path: Path):
     assert summary.loc["EA-SDPO", "hr@1"] == "0.5500"
     assert summary.loc["EA-SDPO", "hr@1_gain"] == pytest.approx(10.0)
     assert math.isnan(summary.loc["EA-SDPO", "hr@1_std"])
+
+
+def test_rows_are_read_from_provenance(tmp_path: Path):
+    """metrics.json's provenance names each row's method and artifacts: the report reads it
+    rather than the label or config, an axis splits only the rows whose artifacts read it,
+    and a method the table lacks is listed as a problem."""
+    llm = ["samples", "backbone", "sft", "evaluation"]
+    provenance = {"custom": {"method": "ea_ipo", "depends_on": [*llm, "preference", "expert"]},
+                  "sft": {"method": "sft", "depends_on": llm},
+                  "expert": {"method": "expert_only", "depends_on": ["samples", "expert"]},
+                  "popularity": {"method": "popularity", "depends_on": ["samples"]}}
+    root = tmp_path / "sweep"
+    for num, fraction in enumerate((0.5, 1.0)):
+        cfg = config("dpo", "fixed", 0, None)
+        cfg["expert"]["data_fraction"] = fraction
+        metrics = {**preference_metrics("custom", None, 0.4 + 0.1 * num, 0),
+                   "provenance": provenance}
+        write_job(root, num, [f"expert.data_fraction={fraction}", "seed=0"], cfg, metrics)
+    unknown = {**preference_metrics("dpo", None, 0.4, 0),
+               "provenance": {**provenance, "dpo": {"method": "kto", "depends_on": llm}}}
+    write_job(root, 2, ["seed=0"], config("dpo", "fixed", 0, None), unknown)
+    df, problems = collect_jobs(root)
+    assert [p["job"].split("_")[0] for p in problems] == ["2"]
+    assert "'kto' is not in eapo_exp.methods.METHODS" in problems[0]["reason"]
+    summary = summarize(df)
+    fractions = {(r["method"], None if pd.isna(r["expert.data_fraction"])
+                  else r["expert.data_fraction"]) for _, r in summary.iterrows()}
+    assert fractions == {("Popularity", None), ("SASRec", 0.5), ("SASRec", 1.0), ("SFT", None),
+                         ("EA-IPO", 0.5), ("EA-IPO", 1.0)}
+    assert set(df.loc[df["label"] == "custom", "kind"]) == {"preference"}
 
 
 def test_plots(sweep: Path, tmp_path: Path):

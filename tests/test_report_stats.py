@@ -16,8 +16,9 @@ from eapo_exp.evaluation.metrics import metrics_from_ranks
 from eapo_exp.report import stats
 from eapo_exp.report.cli import main
 from eapo_exp.report.comparisons import sweep_statistics
-from eapo_exp.report.plots import _interval_lookup, plot_metric_vs_axis
-from eapo_exp.report.sweep import build_report, rows_from_jobs, scan_jobs
+from eapo_exp.report.jobs import rows_from_jobs, scan_jobs
+from eapo_exp.report.plots import interval_lookup, plot_metric_vs_axis
+from eapo_exp.report.sweep import build_report
 from tests.test_report import config, write_job
 
 N_SAMPLES = 400
@@ -228,7 +229,7 @@ def test_seeds_are_pooled_and_axes_matched(tmp_path: Path):
     plot = plot_metric_vs_axis(df, "beta_schedule.u_beta", tmp_path / "u_beta.png", "test",
                                intervals)
     assert plot is not None and plot.stat().st_size > 1000
-    lookup = _interval_lookup(intervals, "test", "beta_schedule.u_beta", [])
+    lookup = interval_lookup(intervals, "test", "beta_schedule.u_beta", [])
     assert ("DPO", None, "hr@1") in lookup and ("EAPO", 0.75, "hr@1") in lookup
 
 

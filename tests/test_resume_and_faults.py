@@ -22,7 +22,8 @@ from eapo_exp.cache import ArtifactCache
 from eapo_exp.pipeline import run_stages
 from eapo_exp.tracking import RunTracker
 from eapo_exp.training.checkpoint import latest_checkpoint
-from eapo_exp.training.loop import LoopSettings, TrainingDiverged, TrainLoop
+from eapo_exp.training.loop import TrainingDiverged, TrainLoop
+from eapo_exp.training.settings import LoopSettings
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +51,30 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="step 4"):
         loop.run(step_loss)
     assert latest_checkpoint(tmp_path / "ckpt").name == "step-3"
+
+
+def test_loop_settings_come_from_the_config_node_and_are_checked():
+    from omegaconf import OmegaConf
+
+    from eapo_exp.errors import ConfigError
+    from eapo_exp.training.settings import validate_loop
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["dataset=synthetic", "train.preference.max_steps=7"])
+    sft, pref = cfg.train.sft, cfg.train.preference
+    settings = LoopSettings.from_config(sft, num_samples=100)
+    assert settings.total_steps == math.ceil(100 / (sft.batch_size * sft.grad_accum))
+    assert (settings.lr, settings.warmup_ratio, settings.schedule) == (sft.lr, sft.warmup_ratio,
+                                                                       "cosine")
+    settings = LoopSettings.from_config(pref, num_samples=100)
+    assert (settings.total_steps, settings.schedule, settings.grad_accum) == (7, "constant",
+                                                                              pref.grad_accum)
+    validate_loop(pref, "train.preference")
+    for key, bad in (("warmup_ratio", 2.0), ("schedule", "linear"), ("lr", 0.0)):
+        with pytest.raises(ConfigError, match=f"train.preference.{key}"):
+            validate_loop(OmegaConf.merge(pref, {key: bad}), "train.preference")
+    with pytest.raises(ConfigError, match="train.sft.grad_accum=2 cannot be split"):
+        validate_loop(sft, "train.sft", num_processes=3)
 
 
 def slow_build(root: str, marker_dir: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,13 @@ def test_smoke_multirun_and_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
     assert len(jobs) == 2
+    # Each job names its rows' methods and the artifacts their results depend on.
+    rows = {}
+    for job in jobs:
+        rows.update(json.loads((job / "metrics.json").read_text())["provenance"])
+    assert {label: row["method"] for label, row in rows.items()} == {
+        "sft": "sft", "expert": "expert_only", "popularity": "popularity", "eapo": "eapo"}
+    assert "expert" in rows["eapo"]["depends_on"] and "expert" not in rows["sft"]["depends_on"]
     # The multirun's own end-of-sweep callback already wrote and printed the report.
     assert "| EAPO |" in result.stdout and "| SFT |" in result.stdout
     assert (sweep / "report" / "summary.md").exists()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.base import checkpointing_enabled, count_parameters
 from eapo_exp.errors import ModelError
 
@@ -51,6 +52,7 @@ def save_adapter(peft_model, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(path), safe_serialization=True)
+    hybrid_items.write_shapes(peft_model, path)
     return path
 
 
@@ -61,6 +63,7 @@ def load_adapter(model, path: str | os.PathLike, trainable: bool = False):
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    hybrid_items.rebuild(model, path)
     if trainable:
         _prepare_for_checkpointing(model)
     try:

@@ -24,7 +24,7 @@ import torch
 
 from eapo_exp.backbones.base import LoadedBackbone, context_limit, prepare_tokenizer
 from eapo_exp.backbones.dtype import resolve_dtype
-from eapo_exp.cache import file_lock
+from eapo_exp.claims import file_lock
 from eapo_exp.errors import ModelError
 
 log = logging.getLogger(__name__)

@@ -1,118 +1,107 @@
-"""The shape every β schedule shares: a batch in, a detached per-pair β [B, K] out."""
+"""The shape every β schedule shares: BetaInputs in, one BetaOutput (β and keep-mask) out."""
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from eapo_exp.losses.base import PreferenceLogps
 
-
-@dataclass
+@dataclass(frozen=True)
 class BetaInputs:
-    """What a schedule may look at for one batch of B prompts with K rejected each.
+    """What a schedule may read for one batch of B prompts with K rejected each.
 
-    logps: the policy/reference log-probs (β-DPO reads its margins from them); may be None
-        for schedules that do not need them when another field gives the shape.
-    expert_chosen [B], expert_rejected [B, K]: the frozen expert's scores S(y), or None.
-    rejected_mask [B, K] bool: valid rejected entries; None falls back to
-        logps.rejected_mask, then to all True.
+    rejected_mask [B, K] bool: the valid rejected entries; it sets the shape and device.
+    margins [B, K]: the loss's own unscaled discrepancy Δ_j = r̂_w − r̂_j of every pair
+        (detached), as the loss defines r̂ (reference-free for CPO, per-token for
+        length-normalised IPO); given to schedules with ``needs_margins``, else None.
+    expert_chosen [B], expert_rejected [B, K]: the frozen expert's scores S(y); given to
+        schedules with ``needs_expert_scores``, else None.
     """
 
-    logps: PreferenceLogps | None = None
+    rejected_mask: Tensor
+    margins: Tensor | None = None
     expert_chosen: Tensor | None = None
     expert_rejected: Tensor | None = None
-    rejected_mask: Tensor | None = None
 
-    def _reference(self) -> Tensor:
-        for tensor in (self.expert_rejected, self.rejected_mask,
-                       None if self.logps is None else self.logps.policy_rejected):
-            if tensor is not None:
-                return tensor
-        raise ValueError("BetaInputs needs logps, expert_rejected or rejected_mask "
-                         "to know the batch shape [B, K]")
+    def __post_init__(self) -> None:
+        mask = self.rejected_mask
+        if mask.dtype != torch.bool or mask.dim() != 2:
+            raise ValueError(f"rejected_mask must be a bool [B, K] tensor, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")
+        b, k = mask.shape
+        for name, shape in (("margins", (b, k)), ("expert_chosen", (b,)),
+                            ("expert_rejected", (b, k))):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
 
     @property
     def shape(self) -> tuple[int, int]:
-        b, k = self._reference().shape
+        b, k = self.rejected_mask.shape
         return int(b), int(k)
 
     @property
     def device(self) -> torch.device:
-        return self._reference().device
+        return self.rejected_mask.device
 
     def float_dtype(self) -> torch.dtype:
-        """At least float32: β is never computed in half precision."""
-        ref = self._reference()
-        dtype = ref.dtype if ref.is_floating_point() else torch.float32
-        return torch.promote_types(dtype, torch.float32)
+        """The inputs' float dtype, at least float32: β is never computed in half precision."""
+        dtype = torch.float32
+        for value in (self.margins, self.expert_rejected):
+            if value is not None and value.is_floating_point():
+                dtype = torch.promote_types(dtype, value.dtype)
+        return dtype
 
-    def mask(self) -> Tensor:
-        """bool [B, K] of valid rejected entries."""
-        if self.rejected_mask is not None:
-            mask = self.rejected_mask
-        elif self.logps is not None and self.logps.rejected_mask is not None:
-            mask = self.logps.rejected_mask
-        else:
-            return torch.ones(self.shape, dtype=torch.bool, device=self.device)
-        if mask.dtype != torch.bool:
-            raise ValueError(f"rejected_mask must be bool, got {mask.dtype}")
-        if tuple(mask.shape) != self.shape:
-            raise ValueError(f"rejected_mask shape {tuple(mask.shape)} != [B, K] {self.shape}")
-        return mask
+
+@dataclass(frozen=True)
+class BetaOutput:
+    """A schedule's decision for one batch, read by the trainer and the loss.
+
+    beta [B, K]: the detached per-pair β.
+    keep [B, K] bool: the pairs the loss uses (dropped pairs and padding are False), or
+        None when every valid pair is used.
+    flat_mean: the loss is the flat mean over the kept pairs of the whole batch the
+        schedule saw (β-DPO's reduction); False: the mean over prompts of each prompt's
+        mean over its pairs.
+    """
+
+    beta: Tensor
+    keep: Tensor | None = None
+    flat_mean: bool = False
 
 
 class BetaSchedule(abc.ABC):
-    """Base class. ``schedule(BetaInputs) -> Tensor[B, K]`` (detached, on the inputs' device).
+    """Base class. ``schedule(BetaInputs) -> BetaOutput`` (detached, on the inputs' device).
 
     Subclasses implement ``compute``; stateful ones override ``state_dict`` /
     ``load_state_dict``. ``validate`` raises ConfigError on bad hyperparameters and is run by
-    the constructor. ``needs_expert_scores`` tells the trainer to provide expert scores.
-
-    A schedule may also drop pairs: after a call, ``last_pair_weight`` is None (every valid
-    pair kept) or a float [B, K] with 1 for kept pairs and 0 for dropped or masked ones;
-    ``restrict(logps)`` applies it to a batch's rejected_mask for the loss. Like nn.Module,
-    a schedule has ``train()`` / ``eval()``: in eval mode a stateful schedule neither updates
-    its state nor drops pairs.
+    the constructor. The class flags tell the trainer what to put into BetaInputs:
+    ``needs_expert_scores`` (the frozen expert's scores) and ``needs_margins`` (the policy's
+    current margins, which costs the trainer one extra no-grad forward per step).
     """
 
     needs_expert_scores: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self.training = True
-        self.last_pair_weight: Tensor | None = None
+    needs_margins: ClassVar[bool] = False
 
     def validate(self) -> None:
         """Raise eapo_exp.errors.ConfigError if a hyperparameter is out of range."""
 
     @abc.abstractmethod
-    def compute(self, batch: BetaInputs) -> Tensor:
-        """β [B, K] for the batch."""
+    def compute(self, batch: BetaInputs) -> BetaOutput:
+        """β (and the kept pairs) for the batch."""
 
-    def __call__(self, batch: BetaInputs) -> Tensor:
+    def __call__(self, batch: BetaInputs) -> BetaOutput:
         with torch.no_grad():
-            beta = self.compute(batch)
-        return beta.detach()
-
-    def restrict(self, logps: PreferenceLogps) -> PreferenceLogps:
-        """logps with rejected_mask limited to the pairs the last call kept."""
-        if self.last_pair_weight is None:
-            return logps
-        keep = self.last_pair_weight > 0
-        mask = keep if logps.rejected_mask is None else logps.rejected_mask & keep
-        return dataclasses.replace(logps, rejected_mask=mask)
-
-    def train(self, mode: bool = True) -> BetaSchedule:
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> BetaSchedule:
-        return self.train(False)
+            out = self.compute(batch)
+        if tuple(out.beta.shape) != batch.shape:
+            raise ValueError(f"{type(self).__name__} returned β of shape "
+                             f"{tuple(out.beta.shape)} for a batch of shape {batch.shape}")
+        keep = None if out.keep is None else out.keep & batch.rejected_mask
+        return BetaOutput(out.beta.detach(), keep, out.flat_mean)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -1,9 +1,12 @@
 """β-DPO (Wu et al. 2024, "β-DPO: Direct Preference Optimization with Dynamic β").
 
-Per training batch:
+Per optimizer batch (all ``grad_accum`` micro-batches of one step, as the authors' trainer
+sees its whole batch; the trainer gets every micro-batch's margins from a no-grad forward
+before any backward, eapo_exp.training.preference):
 
-1. M_i = r̂_w − r̂_l for every valid pair i (pairs of all prompts flattened; N of them),
-   r̂ = log πθ − log πref (log πθ when the batch has no reference, e.g. with CPO).
+1. M_i = Δ_i, the loss's own unscaled discrepancy r̂_w − r̂_l, for every valid pair i (pairs
+   of all prompts flattened; N of them). With DPO r̂ = log πθ − log πref; what M is with
+   S-DPO, CPO and length-normalised IPO is in docs/beta_schedules.md.
 2. Running statistics, momentum m = 0.9, both starting at 0:
    M0 ← m·M0 + (1 − m)·mean(M),  σ ← m·σ + (1 − m)·std(M)  (std unbiased; 0 when N = 1).
    First batch: we keep the zero start with no bias correction, as the authors' code does
@@ -19,16 +22,16 @@ Per training batch:
    carry no information and the sample is uniform. n is at least 1 so that a batch with a
    single pair still trains (⌊0.8⌋ would keep nothing).
 4. β = β0·[1 + α·(mean(M_kept) − M0)], clamped at >= 1e-3, the same for every pair.
+5. The loss is the flat mean over the n kept pairs (``BetaOutput.flat_mean``), not a mean
+   over prompts of per-prompt means (the two agree at K = 1).
 
-After a call, ``last_pair_weight [B, K]`` is 1 on kept pairs and 0 on dropped or masked
-ones; ``restrict(logps)`` puts it into the batch's rejected_mask so dropped pairs get zero
-loss. In eval mode (``schedule.eval()``) nothing is updated, no randomness is consumed, all
-pairs are kept and β uses mean(M) over all valid pairs with the current M0.
-
-Deviations from the authors' code: it also updates the statistics on evaluation batches,
-and ``int((1 − ρ)N)`` there can keep zero pairs; here eval mode is read-only and n >= 1.
-Under data parallelism each process keeps its own statistics (the original all-gathers M);
-gather M across processes before calling if that matters.
+Deviations from the authors' code: there M comes from the same forward that gives the loss;
+here from a separate no-grad forward in eval mode (no dropout) over the step's micro-batches,
+so the filter and β are fixed before gradient accumulation starts (one extra forward per
+step). The authors also update the statistics on evaluation batches, and ``int((1 − ρ)N)``
+there can keep zero pairs; here β is computed for training batches only and n >= 1. The
+original all-gathers M under data parallelism; here a job with β-DPO is refused on more than
+one process (eapo_exp.stages.preference_stage.validate_preference).
 """
 
 from __future__ import annotations
@@ -37,9 +40,8 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from eapo_exp.beta.base import BetaInputs, BetaSchedule
+from eapo_exp.beta.base import BetaInputs, BetaOutput, BetaSchedule
 from eapo_exp.errors import ConfigError
 
 BETA_MIN = 1e-3
@@ -56,9 +58,10 @@ def keep_count(num_pairs: int, rho: float) -> int:
 class BetaDPO(BetaSchedule):
     """Batch-level dynamic β with a Gaussian-weighted data filter; see the module docstring."""
 
+    needs_margins = True
+
     def __init__(self, beta0: float = 0.1, rho: float = 0.2, alpha: float = 0.6,
                  momentum: float = 0.9, seed: int = 0) -> None:
-        super().__init__()
         self.beta0 = float(beta0)
         self.rho = float(rho)
         self.alpha = float(alpha)
@@ -82,28 +85,17 @@ class BetaDPO(BetaSchedule):
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"beta_dpo: momentum must be in [0, 1), got {self.momentum}")
 
-    @staticmethod
-    def margins(batch: BetaInputs) -> Tensor:
-        """M = r̂_w − r̂_j [B, K] (0 where masked), detached, in float64."""
-        if batch.logps is None:
-            raise ValueError("beta_dpo needs the batch log-probs (BetaInputs.logps)")
-        logps = batch.logps
-        r_w, r_l = logps.logratios(reference_free=not logps.has_reference)
-        return (r_w.detach().unsqueeze(1) - r_l.detach()).double()
-
-    def compute(self, batch: BetaInputs) -> Tensor:
-        mask = batch.mask()
+    def compute(self, batch: BetaInputs) -> BetaOutput:
+        if batch.margins is None:
+            raise ValueError("beta_dpo needs the pairs' margins (BetaInputs.margins)")
+        mask = batch.rejected_mask
         shape, device, dtype = batch.shape, batch.device, batch.float_dtype()
-        valid_m = self.margins(batch)[mask]                     # [N], row-major order
-        n = valid_m.numel()
+        m_cpu = batch.margins.detach().double()[mask].cpu()         # [N], row-major order
+        n = m_cpu.numel()
+        keep = torch.zeros(shape, dtype=torch.bool)
         if n == 0:
-            self.last_pair_weight = torch.zeros(shape, dtype=dtype, device=device)
-            return torch.full(shape, self.beta0, dtype=dtype, device=device)
-        m_cpu = valid_m.cpu()
-        if not self.training:
-            kept_mean = float(m_cpu.mean())
-            self.last_pair_weight = mask.to(dtype)
-            return torch.full(shape, self._beta(kept_mean), dtype=dtype, device=device)
+            return BetaOutput(torch.full(shape, self.beta0, dtype=dtype, device=device),
+                              keep.to(device), flat_mean=True)
 
         batch_mean = float(m_cpu.mean())
         batch_std = float(m_cpu.std()) if n > 1 else 0.0
@@ -122,12 +114,10 @@ class BetaDPO(BetaSchedule):
         kept = torch.topk(log_w + gumbel, n_keep).indices
         keep_flat = torch.zeros(n, dtype=torch.bool)
         keep_flat[kept] = True
-
-        weight = torch.zeros(shape, dtype=dtype)
-        weight[mask.cpu()] = keep_flat.to(dtype)
-        self.last_pair_weight = weight.to(device)
-        return torch.full(shape, self._beta(float(m_cpu[kept].mean())), dtype=dtype,
+        keep[mask.cpu()] = keep_flat
+        beta = torch.full(shape, self._beta(float(m_cpu[kept].mean())), dtype=dtype,
                           device=device)
+        return BetaOutput(beta, keep.to(device), flat_mean=True)
 
     def _beta(self, kept_mean: float) -> float:
         return max(BETA_MIN, self.beta0 * (1.0 + self.alpha * (kept_mean - self.m0)))

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eapo_exp.beta.base import BetaInputs, BetaSchedule
+from eapo_exp.beta.base import BetaInputs, BetaOutput, BetaSchedule
 from eapo_exp.beta.critical_point import critical_z
 from eapo_exp.errors import ConfigError
 
@@ -71,7 +71,6 @@ class ExpertBeta(BetaSchedule):
     needs_expert_scores = True
 
     def __init__(self, u_beta: float = 0.75, gamma: float = 12.785) -> None:
-        super().__init__()
         self.u_beta = float(u_beta)
         self.gamma = float(gamma)
         self.validate()
@@ -92,20 +91,17 @@ class ExpertBeta(BetaSchedule):
                 f"{self.lower:.4f} must be below u_beta = {self.u_beta:g}; raise u_beta or "
                 f"gamma")
 
-    def compute(self, batch: BetaInputs) -> Tensor:
+    def compute(self, batch: BetaInputs) -> BetaOutput:
         if batch.expert_chosen is None or batch.expert_rejected is None:
             raise ConfigError(
                 "beta_schedule=expert needs the expert's scores of the chosen and rejected "
                 "items (BetaInputs.expert_chosen / expert_rejected), but they are missing")
         s_w, s_l = batch.expert_chosen, batch.expert_rejected
-        b = s_l.shape[0]
-        if tuple(s_w.shape) != (b,):
-            raise ValueError(f"expert_chosen must be [B] = [{b}], got {tuple(s_w.shape)}")
-        mask = batch.mask()
+        mask = batch.rejected_mask
         w = s_w.unsqueeze(1) - s_l                                       # eq. 8
         if not bool(torch.isfinite(w[mask]).all()):
             raise ValueError("expert scores are not finite on some valid rejected item")
-        return expert_betas(w, mask, self.lower, self.u_beta)             # eq. 9
+        return BetaOutput(expert_betas(w, mask, self.lower, self.u_beta))  # eq. 9
 
     def hparams(self) -> dict[str, Any]:
         return {"u_beta": self.u_beta, "gamma": self.gamma}

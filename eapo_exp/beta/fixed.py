@@ -6,9 +6,8 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from eapo_exp.beta.base import BetaInputs, BetaSchedule
+from eapo_exp.beta.base import BetaInputs, BetaOutput, BetaSchedule
 from eapo_exp.errors import ConfigError
 
 
@@ -16,7 +15,6 @@ class FixedBeta(BetaSchedule):
     """β_j = beta for every pair."""
 
     def __init__(self, beta: float = 0.1) -> None:
-        super().__init__()
         self.beta = float(beta)
         self.validate()
 
@@ -24,8 +22,9 @@ class FixedBeta(BetaSchedule):
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ConfigError(f"beta must be a finite number > 0, got {self.beta}")
 
-    def compute(self, batch: BetaInputs) -> Tensor:
-        return torch.full(batch.shape, self.beta, dtype=batch.float_dtype(), device=batch.device)
+    def compute(self, batch: BetaInputs) -> BetaOutput:
+        return BetaOutput(torch.full(batch.shape, self.beta, dtype=batch.float_dtype(),
+                                     device=batch.device))
 
     def hparams(self) -> dict[str, Any]:
         return {"beta": self.beta}

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from eapo_exp.data.prompts import EMPTY_HISTORY, plural
+from eapo_exp.data.titles import clean_title
 from eapo_exp.evaluation.generate import normalize_title
 
 PROMPT = (
@@ -36,11 +37,6 @@ _ARTICLE = re.compile(r"^(?P<name>.+), (?P<article>the|a|an|les|la|le|il|das|der
 _YEAR = re.compile(r"\s*\(\d{4}\)$")
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 MIN_ALIAS_CHARS = 4
-
-
-def clean_title(title: str) -> str:
-    """A title as the prompt shows it: whitespace collapsed (as PromptBuilder does)."""
-    return " ".join(str(title).split())
 
 
 def build_messages(history_titles: Sequence[str], candidate_titles: Sequence[str],

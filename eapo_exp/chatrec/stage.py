@@ -24,14 +24,14 @@ from eapo_exp.chatrec.prompt import build_messages, parse_ranking, ranking_score
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import DataError, EapoError
-from eapo_exp.evaluation.metrics import metrics_from_ranks, target_ranks
+from eapo_exp.evaluation.metrics import metrics_from_ranks, target_ranks, valid_output_metrics
+from eapo_exp.evaluation.modes import TOP_K
+from eapo_exp.methods import METHODS
 from eapo_exp.stages.eval_stage import evaluation_rows
 
 log = logging.getLogger(__name__)
 
-LABEL = "chatrec"
-METHOD = "ChatRec"
-TOP_K = 5
+LABEL = METHODS["chatrec"].name
 HR1_CONVENTION = ("all_samples (a reply that names no candidate ranks the target last); "
                   "hr@1_valid: valid replies only")
 
@@ -125,11 +125,8 @@ def prediction(index: int, row: dict, reply: Reply, catalog) -> dict:
 def chatrec_metrics(predictions: list[dict], replies: list[Reply]) -> dict:
     ranks = [p["target_rank"] for p in predictions]
     metrics = metrics_from_ranks(ranks, ks=(1, TOP_K))
-    valid = np.array([p["valid"] for p in predictions], dtype=bool)
-    hits = np.array([r == 1 for r in ranks], dtype=bool)
+    metrics.update(valid_output_metrics(ranks, [p["valid"] for p in predictions]))
     metrics.update(
-        valid_ratio=float(valid.mean()), n_valid=int(valid.sum()),
-        **{"hr@1_valid": float(hits[valid].mean()) if valid.any() else 0.0},
         mean_ranked=float(np.mean([p["n_ranked"] for p in predictions])),
         prompt_tokens=sum(r.prompt_tokens for r in replies),
         completion_tokens=sum(r.completion_tokens for r in replies),

@@ -22,94 +22,33 @@ completion is still title + EOS: an instruct tokenizer's EOS is its end-of-turn 
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from eapo_exp.data.templates import TEMPLATE_NAMES, TEMPLATES, plural
+from eapo_exp.data.titles import clean_title
 from eapo_exp.errors import ConfigError, DataError
 
 ANSWER_CUE = "\nAnswer:\n"
 CHAT_TEMPLATE_MODES = ("off", "auto", "on")
+ITEM_REPRS = ("title", "hybrid")
+# In rendered text an item's embedding slot is \0<item id>\0 (never in a title); tokenization
+# turns it into the slot's token id (eapo_exp.backbones.hybrid_items.slot_id).
+_SLOT = re.compile("\x00([0-9]+)\x00")
 EMPTY_HISTORY = "(none yet)"
 
-# Slots: {noun} singular item noun, {nouns} plural, {history} the user's titles oldest first,
-# {candidates} the candidate titles in sample order. Every template uses every slot.
-TEMPLATES: dict[str, str] = {
-    "chronological": (
-        "Here are the {nouns} a user engaged with, from oldest to most recent: {history}.\n"
-        "Based on this history, which one of the following {nouns} will the user choose next? "
-        "Options: {candidates}.\n"
-        "Reply with the title of exactly one {noun} from the options."
-    ),
-    "next_pick": (
-        "A person's recent {nouns}, in order: {history}.\n"
-        "Pick the {noun} they are most likely to go for next from this list: {candidates}."
-    ),
-    "assistant": (
-        "You are a recommendation assistant. The user's past {nouns} are: {history}.\n"
-        "Recommend one {noun} for them from these candidates: {candidates}. "
-        "Give only its title."
-    ),
-    "candidates_first": (
-        "Candidate {nouns}: {candidates}.\n"
-        "The user previously enjoyed these {nouns}: {history}.\n"
-        "Which candidate {noun} should be recommended to them next?"
-    ),
-    "profile": (
-        "User profile, built from the {nouns} they interacted with: {history}.\n"
-        "Select the {noun} that best matches this profile among: {candidates}."
-    ),
-    "question": (
-        "Someone liked the following {nouns}: {history}. "
-        "Which {noun} from {candidates} would they most likely pick next?"
-    ),
-    "task_format": (
-        "Task: next-{noun} recommendation.\n"
-        "History of {nouns}: {history}\n"
-        "Candidate {nouns}: {candidates}\n"
-        "Output the title of the single most suitable candidate."
-    ),
-    "continue_sequence": (
-        "The sequence of {nouns} below reflects one user's taste over time: {history}.\n"
-        "Continue the sequence with one {noun} chosen from {candidates}."
-    ),
-    "shortlist": (
-        "From the shortlist of {nouns} {candidates}, choose the {noun} that fits best "
-        "after this user's history: {history}."
-    ),
-    "friend": (
-        "A friend asks you for a {noun} suggestion. They have already tried these {nouns}: "
-        "{history}. You may only suggest one of: {candidates}. Which {noun} do you suggest?"
-    ),
-    "interaction_log": (
-        "Consider a user whose interaction log contains the following {nouns}: {history}.\n"
-        "Among the candidate {nouns} {candidates}, name the {noun} the user is most likely "
-        "to interact with next."
-    ),
-    "minimal": (
-        "Past {nouns}: {history}\n"
-        "Candidate {nouns}: {candidates}\n"
-        "Which {noun} comes next?"
-    ),
-}
-
-TEMPLATE_NAMES: tuple[str, ...] = tuple(TEMPLATES)
 
 
-def plural(noun: str) -> str:
-    """Naive English plural for an item noun (movie -> movies, category -> categories)."""
-    if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    if noun.endswith(("s", "x", "ch", "sh")):
-        return noun + "es"
-    return noun + "s"
-
-
-def format_titles(titles: Sequence[str]) -> str:
-    """Titles in double quotes, comma separated (titles themselves often contain commas)."""
-    return ", ".join(f'"{t}"' for t in titles)
+def format_titles(titles: Sequence[str], items: Sequence[int] | None = None) -> str:
+    """Titles in double quotes, comma separated (titles themselves often contain commas).
+    With `items`, each title is followed by its item's embedding slot (LLaRA's hybrid form)."""
+    if items is None:
+        return ", ".join(f'"{t}"' for t in titles)
+    return ", ".join(f'"{t}"\x00{int(i)}\x00' for t, i in zip(titles, items, strict=True))
 
 
 @dataclass
@@ -140,6 +79,10 @@ class PromptBuilder:
         the training templates, seeded like training).
     max_prompt_tokens: the prompt (not the completion) must fit; the oldest history titles are
         dropped first until it does. Candidates are never cut.
+    item_repr: "title" (items are their titles) or "hybrid" (LLaRA: each title in the history
+        and the candidate list is followed by one slot holding the item's projected expert
+        embedding; completions stay titles). Examples built with `hybrid=False` are text-only
+        (LLaRA's curriculum mixes both during SFT).
     """
 
     def __init__(
@@ -152,6 +95,7 @@ class PromptBuilder:
         seed: int = 0,
         item_noun_plural: str | None = None,
         chat_template: str = "off",
+        item_repr: str = "title",
     ) -> None:
         if not item_noun or not item_noun.strip():
             raise ConfigError("item_noun must be a non-empty word such as 'movie'")
@@ -190,6 +134,10 @@ class PromptBuilder:
         if eos is None:
             raise ConfigError("the tokenizer has no eos_token_id; completions end with EOS")
         self.eos_id = int(eos)
+        if item_repr not in ITEM_REPRS:
+            raise ConfigError(f"prompt.item_repr must be one of {', '.join(ITEM_REPRS)}; "
+                              f"got {item_repr!r}")
+        self.item_repr = item_repr
         self.uses_chat_template = self._uses_chat_template(tokenizer, chat_template)
         self._prefix_ids = self._special_prefix()
         self._title_cache: dict[str, list[int]] = {}
@@ -231,7 +179,18 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ tokenization
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if "\x00" not in text:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        from eapo_exp.backbones.hybrid_items import slot_id
+
+        ids: list[int] = []
+        pieces = _SLOT.split(text)  # text, item, text, item, ..., text
+        for position, piece in enumerate(pieces):
+            if position % 2:
+                ids.append(slot_id(int(piece)))
+            elif piece:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        return ids
 
     def _special_prefix(self) -> list[int]:
         """Special tokens the tokenizer itself puts before text (e.g. Llama's BOS), if any."""
@@ -244,10 +203,9 @@ class PromptBuilder:
         return []
 
     def title_ids(self, title: str) -> list[int]:
-        """Completion ids of a title: its tokens (no special tokens) followed by EOS."""
-        clean = title.strip() if isinstance(title, str) else ""
-        if not clean:
-            raise DataError(f"empty item title {title!r}: every item needs a non-empty title")
+        """Completion ids of a title (clean_title's form): its tokens (no special tokens)
+        followed by EOS."""
+        clean = clean_title(title)
         ids = self._title_cache.get(clean)
         if ids is None:
             ids = self._encode(clean) + [self.eos_id]
@@ -255,14 +213,17 @@ class PromptBuilder:
         return list(ids)
 
     def render(self, history_titles: Sequence[str], candidate_titles: Sequence[str],
-               template_name: str) -> str:
+               template_name: str, history_items: Sequence[int] | None = None,
+               candidate_items: Sequence[int] | None = None) -> str:
         """The prompt text, ending with the answer cue (plain) or the assistant header of the
-        tokenizer's chat template (its special tokens written out as text)."""
+        tokenizer's chat template (its special tokens written out as text). With item ids,
+        every title is followed by its embedding slot."""
         template = TEMPLATES[self._check_name(template_name)]
-        history = format_titles(history_titles) if len(history_titles) else EMPTY_HISTORY
+        history = (format_titles(history_titles, history_items) if len(history_titles)
+                   else EMPTY_HISTORY)
         body = template.format(
             noun=self.item_noun, nouns=self.item_noun_plural,
-            history=history, candidates=format_titles(candidate_titles),
+            history=history, candidates=format_titles(candidate_titles, candidate_items),
         )
         if self.uses_chat_template:
             return self.tokenizer.apply_chat_template(
@@ -281,23 +242,31 @@ class PromptBuilder:
         candidate_titles: Sequence[str],
         target_title: str | None,
         template_name: str,
+        history_items: Sequence[int] | None = None,
+        candidate_items: Sequence[int] | None = None,
     ) -> PromptExample:
-        """Tokenize one example; drops the oldest history titles if the prompt is too long."""
+        """Tokenize one example; drops the oldest history titles if the prompt is too long.
+        Item ids (both or neither, aligned with the titles) put an embedding slot after each
+        title."""
         self._check_name(template_name)
-        history = [self._clean(t) for t in history_titles]
-        candidates = [self._clean(t) for t in candidate_titles]
+        if (history_items is None) != (candidate_items is None):
+            raise ValueError("pass both history_items and candidate_items, or neither")
+        history = [clean_title(t) for t in history_titles]
+        candidates = [clean_title(t) for t in candidate_titles]
         if not candidates:
             raise DataError("a prompt needs at least one candidate title")
         completion_ids = [self.title_ids(t) for t in candidates]
         target_ids = target_index = None
         if target_title is not None:
-            target = self._clean(target_title)
+            target = clean_title(target_title)
             target_ids = self.title_ids(target)
             if target in candidates:
                 target_index = candidates.index(target)
 
         def ids_for(drop: int) -> tuple[str, list[int]]:
-            text = self.render(history[drop:], candidates, template_name)
+            items = None if history_items is None else list(history_items)[drop:]
+            text = self.render(history[drop:], candidates, template_name, items,
+                               candidate_items)
             return text, self._prompt_ids(text)
 
         text, ids = ids_for(0)
@@ -332,28 +301,26 @@ class PromptBuilder:
         )
 
     def build_sample(self, sample: dict, catalog, split: str, sample_key: int,
-                     epoch: int = 0, with_target: bool = True) -> PromptExample:
-        """Build from a sample row (item ids; see eapo_exp.data.schema) and its catalog."""
+                     epoch: int = 0, with_target: bool = True,
+                     hybrid: bool | None = None) -> PromptExample:
+        """Build from a sample row (item ids; see eapo_exp.data.schema) and its catalog.
+        `hybrid` (default: item_repr == "hybrid") puts embedding slots after the titles."""
         template = self.template_for(sample_key, split, epoch)
-        history = [catalog.title(int(i)) for i in sample["history"] if int(i) != 0]
-        candidates = [catalog.title(int(i)) for i in sample["candidates"]]
+        history_items = [int(i) for i in sample["history"] if int(i) != 0]
+        candidate_items = [int(i) for i in sample["candidates"]]
+        history = [catalog.title(i) for i in history_items]
+        candidates = [catalog.title(i) for i in candidate_items]
         target = catalog.title(int(sample["target"])) if with_target else None
-        example = self.build(history, candidates, target, template)
+        if not (self.item_repr == "hybrid" if hybrid is None else hybrid):
+            history_items = candidate_items = None
+        example = self.build(history, candidates, target, template, history_items,
+                             candidate_items)
         if with_target:
             # Locate the target by item id (titles may repeat across items).
             cands = [int(i) for i in sample["candidates"]]
             if int(sample["target"]) in cands:
                 example.target_index = cands.index(int(sample["target"]))
         return example
-
-    @property
-    def dropped_history(self) -> int:
-        """Total history titles dropped by truncation so far."""
-        return self.stats["dropped_history_items"]
-
-    def reset_stats(self) -> None:
-        for key in self.stats:
-            self.stats[key] = 0
 
     def check_consistency(self, example: PromptExample) -> bool:
         """True when tokenizing prompt text + each title in one string gives the same ids."""
@@ -371,15 +338,8 @@ class PromptBuilder:
         """
         bad = []
         for title in titles:
-            clean = self._clean(title)
+            clean = clean_title(title)
             decoded = self.tokenizer.decode(self.title_ids(clean)[:-1], skip_special_tokens=True)
             if " ".join(decoded.split()) != clean:
                 bad.append(clean)
         return bad
-
-    @staticmethod
-    def _clean(title: str) -> str:
-        clean = title.strip() if isinstance(title, str) else ""
-        if not clean:
-            raise DataError(f"empty item title {title!r}: every item needs a non-empty title")
-        return " ".join(clean.split())

@@ -59,5 +59,16 @@ def metrics_from_ranks(ranks: Iterable[int], ks: Sequence[int] = (1, 5)) -> dict
     return result
 
 
+def valid_output_metrics(ranks: Sequence[int], valid: Sequence[bool]) -> dict[str, float]:
+    """For rankers that may name no candidate (free generation, a chat reply): valid_ratio,
+    the share of valid outputs; hr@1_valid, HR@1 over valid outputs only (LLaRA's
+    convention; 0 when none is valid); n_valid."""
+    valid = np.asarray(valid, dtype=bool)
+    hits = np.asarray(ranks) == 1
+    return {"valid_ratio": float(valid.mean()),
+            "hr@1_valid": float(hits[valid].mean()) if valid.any() else 0.0,
+            "n_valid": int(valid.sum())}
+
+
 def dcg_at_rank(rank: int) -> float:
     return 1.0 / math.log2(rank + 1)

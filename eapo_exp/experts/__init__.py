@@ -4,8 +4,6 @@ PopularityRanker is the history-blind baseline."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from eapo_exp.experts.base import SequentialExpert, fit_length, pad_histories
@@ -23,27 +21,14 @@ from eapo_exp.experts.training import (
     train_expert,
 )
 
-# config name -> neural expert class (the `expert` config group)
-EXPERTS: dict[str, type[SequentialExpert]] = {"sasrec": SASRec, "gru4rec": GRU4Rec,
-                                              "caser": Caser}
 # class name (as stored in expert.json) -> class, for load_expert
 EXPERT_CLASSES: dict[str, type[torch.nn.Module]] = {
     cls.__name__: cls for cls in (SASRec, GRU4Rec, Caser, PopularityRanker)}
 
 
-def build_expert(name: str, num_items: int, *, seed: int | None = None,
-                 **kwargs: Any) -> SequentialExpert:
-    """Construct expert `name` (sasrec, gru4rec, caser); `seed` fixes its initial weights."""
-    if name not in EXPERTS:
-        raise ValueError(f"unknown expert {name!r}; choose one of {sorted(EXPERTS)}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    return EXPERTS[name](num_items=num_items, **kwargs)
-
-
 __all__ = [
-    "EXPERTS", "EXPERT_CLASSES", "Caser", "GRU4Rec", "PopularityRanker", "SASRec",
-    "SequentialExpert", "build_expert", "evaluate_scorer", "fit_length", "load_expert",
+    "EXPERT_CLASSES", "Caser", "GRU4Rec", "PopularityRanker", "SASRec",
+    "SequentialExpert", "evaluate_scorer", "fit_length", "load_expert",
     "load_metrics", "pad_histories", "save_expert", "score_candidates", "subsample_indices",
     "train_expert",
 ]

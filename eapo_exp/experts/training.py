@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from eapo_exp.config import ExpertTrainingConfig
 from eapo_exp.evaluation.metrics import metrics_from_ranks, target_ranks
 from eapo_exp.experts.base import SequentialExpert, pad_histories
+from eapo_exp.training.settings import validate_expert_training
 
 log = logging.getLogger(__name__)
 
@@ -158,31 +160,32 @@ def subsample_indices(num_samples: int, data_fraction: float, seed: int) -> np.n
     return np.sort(rng.permutation(num_samples)[:keep])
 
 
-def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr: float = 1e-3,
-                 batch_size: int = 256, max_epochs: int = 30, patience: int = 3,
-                 weight_decay: float = 0.0, data_fraction: float = 1.0, seed: int = 0,
-                 eval_every: int = 1, progress: bool = True, min_delta: float = 0.0,
+def train_expert(model: SequentialExpert, train, valid, *, history_len: int,
+                 settings: ExpertTrainingConfig | None = None, eval_every: int = 1,
+                 progress: bool = True,
                  device: str | torch.device | None = None) -> dict[str, Any]:
     """Train `model` in place on next-item prediction; restore the best-validation state.
 
-    Validation NDCG@5 over each valid sample's candidates is computed every `eval_every`
-    epochs (and after the last one); training stops after `patience` evaluations without
-    an improvement larger than `min_delta`. Returns best_epoch, epochs_run, train_seconds,
-    train_samples_used, valid (metrics of the restored model: hr@1, hr@5, ndcg@5, n) and
-    history (one row per evaluation: epoch, loss, metrics).
+    settings: lr, batch size, epochs, early stopping, data fraction and seed (None: the
+    schema's defaults, eapo_exp.config.ExpertTrainingConfig); out-of-range values raise
+    ConfigError naming the `expert.<key>`. Validation NDCG@5 over each valid sample's
+    candidates is computed every `eval_every` epochs (and after the last one); training stops
+    after `patience` evaluations without an improvement larger than `min_delta`. Returns
+    best_epoch, epochs_run, train_seconds, train_samples_used, valid (metrics of the restored
+    model: hr@1, hr@5, ndcg@5, n) and history (one row per evaluation: epoch, loss, metrics).
 
-    The model's initial weights are the caller's: seed torch before building it (or use
-    `eapo_exp.experts.build_expert(..., seed=...)`). `seed` drives the data subset,
-    shuffling and dropout.
+    The model's initial weights are the caller's: seed torch before building it. The
+    settings' seed drives the data subset, shuffling and dropout.
     """
+    settings = settings or ExpertTrainingConfig()
+    validate_expert_training(settings)
     if not isinstance(model, SequentialExpert):
         raise TypeError(f"train_expert trains SequentialExpert models, got {type(model).__name__}")
-    for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs),
-                        ("patience", patience), ("eval_every", eval_every),
-                        ("history_len", history_len)):
+    for name, value in (("eval_every", eval_every), ("history_len", history_len)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    indices = subsample_indices(len(train), data_fraction, seed)  # validates data_fraction
+    batch_size, max_epochs, seed = settings.batch_size, settings.max_epochs, settings.seed
+    indices = subsample_indices(len(train), settings.data_fraction, seed)
     if device is not None:
         model.to(device)
     device = _device_of(model)
@@ -200,7 +203,8 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
     valid_tensors = _eval_tensors(valid, history_len)
     eval_batch = max(batch_size, 1024)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                 weight_decay=settings.weight_decay)
     num_samples = len(targets)
     num_batches = math.ceil(num_samples / batch_size)
     best_score, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
@@ -230,13 +234,13 @@ def train_expert(model: SequentialExpert, train, valid, *, history_len: int, lr:
         history.append({"epoch": epoch, "loss": mean_loss, **metrics})
         epochs.set_postfix(loss=f"{mean_loss:.4f}", **{"valid ndcg@5": f"{metrics['ndcg@5']:.4f}"})
         log.debug("epoch %d loss %.4f valid %s", epoch, mean_loss, metrics)
-        if metrics[SELECTION_METRIC] > best_score + min_delta:
+        if metrics[SELECTION_METRIC] > best_score + settings.min_delta:
             best_score, best_epoch, best_metrics = metrics[SELECTION_METRIC], epoch, metrics
             best_state = copy.deepcopy(model.state_dict())
             evals_since_best = 0
         else:
             evals_since_best += 1
-            if evals_since_best >= patience:
+            if evals_since_best >= settings.patience:
                 break
     epochs.close()
     if best_state is not None:

@@ -8,9 +8,9 @@ from eapo_exp.losses.cpo import CPOLoss
 from eapo_exp.losses.dpo import DPOLoss
 from eapo_exp.losses.ipo import IPOLoss
 from eapo_exp.losses.sdpo import SDPOLoss
-from eapo_exp.losses.sft import IGNORE_INDEX, response_nll, sequence_logps
+from eapo_exp.losses.sft import IGNORE_INDEX, response_nll
 
 __all__ = [
     "IGNORE_INDEX", "CPOLoss", "DPOLoss", "IPOLoss", "LossOutput", "PairwiseLoss",
-    "PreferenceLogps", "PreferenceLoss", "SDPOLoss", "response_nll", "sequence_logps",
+    "PreferenceLogps", "PreferenceLoss", "SDPOLoss", "response_nll",
 ]

@@ -8,8 +8,9 @@ SUMMED over the completion tokens.
 Every loss turns the log-probs into log-ratios r̂ = log πθ − log πref (or log πθ for a
 reference-free loss), forms the per-pair discrepancy Δ_j = r̂_w − r̂_j, scales it by the
 per-pair β_j it is given, and reduces: first over the valid pairs of a prompt, then over the
-prompts that have at least one valid pair. Which β is used (fixed, β-DPO, expert) is not the
-loss's business: any loss × any β schedule is valid.
+prompts that have at least one valid pair, or, when the β schedule asks for it (β-DPO), as a
+flat mean over the valid pairs. Which β is used (fixed, β-DPO, expert) is not the loss's
+business: any loss × any β schedule is valid (docs/beta_schedules.md).
 
 Reward statistics follow the TRL convention (rewards = β · log-ratio, detached). With a
 per-pair β the chosen completion has one reward per pair; ``chosen_rewards [B]`` reports it
@@ -116,7 +117,7 @@ class PreferenceLogps:
 class LossOutput:
     """What a loss returns. Everything but ``loss`` and ``per_prompt_loss`` is detached.
 
-    loss: scalar, mean of per_prompt_loss over prompts with at least one valid pair.
+    loss: scalar, the batch's loss (PreferenceLoss.forward names its two reductions).
     per_prompt_loss [B]: the prompt's loss (0 for a prompt with no valid pair).
     chosen_rewards [B]: mean_j(β_j) · r̂_w over the prompt's valid pairs.
     rejected_rewards [B, K]: β_j · r̂_j.
@@ -190,11 +191,23 @@ class PreferenceLoss(nn.Module, abc.ABC):
         """The loss of each prompt [B]. Inputs: beta [B, K], r̂_w [B], r̂_j [B, K] (0 where
         masked), mask [B, K] bool. Rows with no valid pair may return anything finite."""
 
-    @property
-    def needs_reference(self) -> bool:
-        return not self.reference_free
+    def discrepancy(self, batch: PreferenceLogps) -> Tensor:
+        """Δ_j = r̂_w − r̂_j [B, K] as this loss defines r̂, without β; 0 where masked."""
+        r_w, r_l = self.logratios(batch)
+        return torch.where(batch.mask(), r_w.unsqueeze(1) - r_l, torch.zeros_like(r_l))
 
-    def forward(self, batch: PreferenceLogps, beta: Tensor | float) -> LossOutput:
+    def forward(self, batch: PreferenceLogps, beta: Tensor | float, *,
+                flat_mean_over: float | None = None) -> LossOutput:
+        """The batch's loss with per-pair β (a scalar or anything broadcastable to [B, K]).
+
+        flat_mean_over None: the mean, over the prompts with a valid pair, of each prompt's
+        loss. A number N: Σ_b n_b·ℓ_b / N, n_b the prompt's valid pairs; for a pairwise loss
+        that is the sum of the valid pairs' losses over N, so with N the number of valid
+        pairs it is the flat mean over pairs (β-DPO's reduction; S-DPO's softmax term then
+        counts once per pair it holds).
+        """
+        if flat_mean_over is not None and not flat_mean_over > 0:
+            raise ValueError(f"flat_mean_over must be > 0, got {flat_mean_over}")
         b, k = batch.batch_size, batch.num_rejected
         beta = torch.as_tensor(beta, device=batch.policy_rejected.device)
         if not beta.is_floating_point():
@@ -209,7 +222,10 @@ class PreferenceLoss(nn.Module, abc.ABC):
         per_prompt = self.per_prompt_loss(beta, r_w, r_l, mask, batch)
         has_pair = mask.any(dim=1)
         per_prompt = torch.where(has_pair, per_prompt, torch.zeros_like(per_prompt))
-        loss = per_prompt.sum() / has_pair.sum().clamp(min=1).to(per_prompt.dtype)
+        if flat_mean_over is None:
+            loss = per_prompt.sum() / has_pair.sum().clamp(min=1).to(per_prompt.dtype)
+        else:
+            loss = (per_prompt * mask.sum(dim=1).to(per_prompt.dtype)).sum() / flat_mean_over
         return self._output(loss, per_prompt, beta, r_w, r_l, mask, batch)
 
     @staticmethod
@@ -238,12 +254,12 @@ class PreferenceLoss(nn.Module, abc.ABC):
 
 
 class PairwiseLoss(PreferenceLoss):
-    """A loss that is a function of z_j = β_j · Δ_j per pair, averaged over a prompt's valid
-    pairs, plus an optional per-prompt term (``prompt_term``, e.g. CPO's NLL)."""
+    """A loss of each pair's β_j and Δ_j, averaged over a prompt's valid pairs, plus an
+    optional per-prompt term (``prompt_term``, e.g. CPO's NLL)."""
 
     @abc.abstractmethod
-    def pair_loss(self, scaled_delta: Tensor) -> Tensor:
-        """Elementwise loss of z = β · Δ, [B, K] -> [B, K]."""
+    def pair_loss(self, beta: Tensor, delta: Tensor) -> Tensor:
+        """Elementwise loss of each pair, [B, K] β and Δ -> [B, K]."""
 
     def prompt_term(self, batch: PreferenceLogps) -> Tensor | None:
         """An extra per-prompt loss [B] added to the pair mean; None for none."""
@@ -251,8 +267,7 @@ class PairwiseLoss(PreferenceLoss):
 
     def per_prompt_loss(self, beta: Tensor, r_chosen: Tensor, r_rejected: Tensor,
                         mask: Tensor, batch: PreferenceLogps) -> Tensor:
-        delta = r_chosen.unsqueeze(1) - r_rejected
-        pair = self.pair_loss(beta * delta)
+        pair = self.pair_loss(beta, r_chosen.unsqueeze(1) - r_rejected)
         pair = torch.where(mask, pair, torch.zeros_like(pair))
         per_prompt = pair.sum(dim=1) / mask.sum(dim=1).clamp(min=1).to(pair.dtype)
         extra = self.prompt_term(batch)

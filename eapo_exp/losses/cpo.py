@@ -25,8 +25,8 @@ class CPOLoss(PairwiseLoss):
             raise ConfigError(f"CPO alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
 
-    def pair_loss(self, scaled_delta: Tensor) -> Tensor:
-        return -F.logsigmoid(scaled_delta)
+    def pair_loss(self, beta: Tensor, delta: Tensor) -> Tensor:
+        return -F.logsigmoid(beta * delta)
 
     def prompt_term(self, batch: PreferenceLogps) -> Tensor | None:
         if self.alpha == 0:

@@ -13,5 +13,5 @@ class DPOLoss(PairwiseLoss):
     pairs, then over prompts. With K rejected this is K independent DPO pairs (the S-DPO
     paper's "DPO with multiple negatives" baseline); use SDPOLoss for the softmax form."""
 
-    def pair_loss(self, scaled_delta: Tensor) -> Tensor:
-        return -F.logsigmoid(scaled_delta)
+    def pair_loss(self, beta: Tensor, delta: Tensor) -> Tensor:
+        return -F.logsigmoid(beta * delta)

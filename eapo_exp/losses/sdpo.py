@@ -12,6 +12,7 @@ from eapo_exp.losses.base import PreferenceLogps, PreferenceLoss
 class SDPOLoss(PreferenceLoss):
     """Per prompt: softplus(logsumexp_j β_j (r̂_j − r̂_w)) = −log σ(−logsumexp_j(−β_j Δ_j)),
     over the prompt's valid rejected entries (masked entries are −inf inside the logsumexp).
+    Entries a β schedule drops (β-DPO's filter) are masked too, so they leave the softmax.
 
     Computed as −logsigmoid(−lse) so that at K = 1 it is bit-for-bit DPOLoss.
     """

@@ -1,4 +1,4 @@
-"""Token-level helpers for causal-LM losses: response-only NLL and summed log-probs.
+"""The SFT loss of a causal LM: mean negative log-likelihood of the response tokens.
 
 Labels follow the Hugging Face convention: ``labels`` is aligned with ``input_ids`` and holds
 IGNORE_INDEX (−100) on every position that is not part of the response (prompt, padding).
@@ -27,27 +27,13 @@ def _align(logits: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tensor]
     return logits, labels
 
 
-def _response_token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(float32 log-probs of every label [B, T], 0 where ignored; response mask [B, T])."""
-    mask = labels != IGNORE_INDEX
-    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
-    logp = token_logprobs(logits, positions, labels.masked_fill(~mask, 0))
-    return logp * mask, mask
-
-
 def response_nll(logits: Tensor, labels: Tensor, *, shift: bool = True) -> Tensor:
     """Mean cross entropy over every response token of the batch (labels != −100).
 
     Returns 0 (with a graph) when the batch has no response token.
     """
     logits, labels = _align(logits, labels, shift)
-    logp, mask = _response_token_logprobs(logits, labels)
+    mask = labels != IGNORE_INDEX
+    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    logp = token_logprobs(logits, positions, labels.masked_fill(~mask, 0)) * mask
     return -logp.sum() / mask.sum().clamp(min=1).to(logp.dtype)
-
-
-def sequence_logps(logits: Tensor, labels: Tensor, *,
-                   shift: bool = True) -> tuple[Tensor, Tensor]:
-    """(summed log πθ(response) [B], response token counts [B]) for the preference losses."""
-    logits, labels = _align(logits, labels, shift)
-    logp, mask = _response_token_logprobs(logits, labels)
-    return logp.sum(dim=-1), mask.sum(dim=-1)

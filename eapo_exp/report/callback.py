@@ -68,7 +68,7 @@ class SweepReport(Callback):
 def sweep_jobs(sweep_dir: Path, since: float | None) -> list[Path]:
     """The sweep's job directories written since `since` (a reused sweep directory may still
     hold jobs of an earlier sweep)."""
-    from eapo_exp.report.sweep import find_job_dirs
+    from eapo_exp.report.jobs import find_job_dirs
 
     if not sweep_dir.is_dir():
         return []

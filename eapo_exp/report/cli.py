@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from eapo_exp.report.sweep import REPORT_DIRNAME, build_report, find_job_dirs
+from eapo_exp.report.jobs import REPORT_DIRNAME, find_job_dirs
+from eapo_exp.report.sweep import build_report
 
 PROG = "eapo-report"
 

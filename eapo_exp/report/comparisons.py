@@ -1,5 +1,6 @@
 """Per-sample statistics of a sweep: 95% intervals of each method's metrics, and paired
-comparisons of each method with its base (EAPO/DPO, EA-X/X, β-DPO/DPO) and with SFT.
+comparisons of each method with its base in eapo_exp.methods (EAPO/DPO, EA-X/X, β-X/X) and
+with SFT.
 
 Reads the predictions_<label>_<split>.jsonl every job writes (one row per evaluated sample:
 index, user, target, target_rank, ...), groups them the way summarize() groups
@@ -21,27 +22,24 @@ import numpy as np
 import pandas as pd
 
 from eapo_exp.report import stats
-from eapo_exp.report.sweep import (
-    GAIN_PAIRS,
-    JobRecord,
-    _hashable,
-    _method_rank,
-    _missing,
-    _scoped,
-    _short,
-    _sort_value,
+from eapo_exp.report.grouping import (
+    BASES,
+    REFERENCE_DISPLAY,
     axis_columns,
-    find_reference,
-    format_value,
+    hashable,
+    method_rank,
+    missing,
+    scoped,
+    sort_value,
 )
+from eapo_exp.report.jobs import JobRecord
+from eapo_exp.report.markdown import comparisons_markdown
+from eapo_exp.report.summary import find_reference, format_value
 
 log = logging.getLogger(__name__)
 
-# Method -> the method it improves on; every method is also compared with REFERENCE.
-BASES = {**GAIN_PAIRS, "β-DPO": "DPO"}
-REFERENCE = "SFT"
 # Row kinds whose evaluation writes per-sample predictions (experts and popularity do not).
-PREDICTED_KINDS = ("sft", "zero_shot", "preference")
+PREDICTED_KINDS = ("zero_shot", "chatrec", "sft", "preference")
 INTERVAL_COLUMNS = ("split", "method", "metric", "mean", "ci_low", "ci_high", "n", "seeds")
 COMPARISON_COLUMNS = ("split", "method", "reference", "metric", "difference", "ci_low",
                       "ci_high", "mcnemar_p", "verdict", "n", "seeds")
@@ -105,7 +103,7 @@ def read_predictions(path: Path) -> pd.DataFrame | None:
 
 
 def _axis_value(value: Any) -> Any:
-    return None if _missing(value) else _hashable(value)
+    return None if missing(value) else hashable(value)
 
 
 def group_samples(jobs: list[JobRecord],
@@ -119,11 +117,11 @@ def group_samples(jobs: list[JobRecord],
         return [], {}
     axes = axis_columns(df)
     paths = {job.job: job.path for job in jobs if job.ok}
-    part = _scoped(df[df["kind"].isin(PREDICTED_KINDS)], axes)
+    part = scoped(df[df["kind"].isin(PREDICTED_KINDS)], axes)
     groups: dict[GroupKey, dict[Any, pd.DataFrame]] = defaultdict(dict)
     for _, row in part.iterrows():
         key = (row["split"], row["method"], *(_axis_value(row[a]) for a in axes))
-        seed = "-" if _missing(row["seed"]) else _hashable(row["seed"])
+        seed = "-" if missing(row["seed"]) else hashable(row["seed"])
         if seed in groups[key] or row["job"] not in paths:
             continue
         # Absent with eval.write_predictions=false: that row just gets no statistics.
@@ -132,7 +130,7 @@ def group_samples(jobs: list[JobRecord],
         if scores is None:
             continue
         # Only what metrics.json reports (generate mode ranks no top 5).
-        groups[key][seed] = scores[[m for m in stats.METRICS if not _missing(row.get(m))]]
+        groups[key][seed] = scores[[m for m in stats.METRICS if not missing(row.get(m))]]
     return axes, {key: by_seed for key, by_seed in groups.items() if by_seed}
 
 
@@ -207,7 +205,7 @@ def compare(method: dict[Any, pd.DataFrame], reference: dict[Any, pd.DataFrame],
 
 def _references(method: str) -> list[str]:
     names = [BASES[method]] if method in BASES else []
-    return names + ([REFERENCE] if method != REFERENCE else [])
+    return names + ([REFERENCE_DISPLAY] if method != REFERENCE_DISPLAY else [])
 
 
 def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
@@ -234,9 +232,9 @@ def _ordered(rows: list[dict], columns: tuple[str, ...], axes: list[str]) -> pd.
     """Frame in report order: axes after method; rows by split, method rank, axes, base
     before SFT, metric."""
     def rank(row: dict) -> tuple:
-        return (row["split"], _method_rank(row["method"]),
-                *(_sort_value(row[a]) for a in axes),
-                row.get("reference") == REFERENCE, stats.METRICS.index(row["metric"]))
+        return (row["split"], method_rank(row["method"]),
+                *(sort_value(row[a]) for a in axes),
+                row.get("reference") == REFERENCE_DISPLAY, stats.METRICS.index(row["metric"]))
 
     return pd.DataFrame(sorted(rows, key=rank), columns=[*columns[:2], *axes, *columns[2:]])
 
@@ -279,25 +277,3 @@ def with_intervals(summary: pd.DataFrame, intervals: pd.DataFrame,
 def _interval_cell(row: pd.Series, metric: str, interval: pd.Series) -> str:
     text = format_value(row[f"{metric}_mean"], row[f"{metric}_std"])
     return f"{text} [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]"
-
-
-def format_p(p_value: float) -> str:
-    if _missing(p_value):
-        return "-"
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
-
-
-def comparisons_markdown(table: pd.DataFrame, axes: list[str], title: str = "") -> str:
-    """Markdown of method_comparisons() rows: one line per (method, reference, metric)."""
-    shown = [a for a in axes if a in table and table[a].map(lambda v: not _missing(v)).any()]
-    header = ["method", *[_short(a) for a in shown], "vs", "metric", "difference", "95% CI",
-              "McNemar p", "verdict", "n", "seeds"]
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for _, row in table.iterrows():
-        cells = [str(row["method"]), *["-" if _missing(row[a]) else str(row[a]) for a in shown],
-                 str(row["reference"]), str(row["metric"]), f"{row['difference']:+.4f}",
-                 f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]", format_p(row["mcnemar_p"]),
-                 str(row["verdict"]), str(row["n"]), str(row["seeds"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -1,39 +1,28 @@
 """Sweep plots (matplotlib, Agg): metric vs U_β, metric vs expert data fraction (with 95%
-CIs where predictions exist), paired differences with their CIs, reward margins over
-training (paper Fig. 2b/5), reward-discrepancy distributions (Fig. 1b/3) and expert β
-histograms. Each plot is drawn only when its data exists."""
+CIs where predictions exist), paired differences with their CIs, and the training plots of
+eapo_exp.report.training_plots. Each plot is drawn only when its data exists."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-# Figure objects render with the Agg canvas without pyplot, so importing this module
-# never switches the backend of the calling process (e.g. a notebook).
-from matplotlib.figure import Figure
-
 from eapo_exp.report.comparisons import SweepStatistics, sweep_statistics
-from eapo_exp.report.sweep import (
-    GAIN_PAIRS,
-    JobRecord,
-    _method_rank,
-    _missing,
-    _scoped,
-    axis_columns,
-    expert_display,
-    rows_from_jobs,
-    scan_jobs,
+from eapo_exp.report.figures import group_label, new_figure, save_figure
+from eapo_exp.report.grouping import BASES, axis_columns, axis_label, method_rank, missing, scoped
+from eapo_exp.report.jobs import JobRecord, rows_from_jobs, scan_jobs
+from eapo_exp.report.training_plots import (
+    plot_expert_betas,
+    plot_reward_discrepancy,
+    plot_reward_margins,
 )
 
 log = logging.getLogger(__name__)
 
-DPI = 100
 PLOT_METRICS = (("hr@1", "HR@1"), ("ndcg@5", "NDCG@5"))
 AXIS_LABELS = {"beta_schedule.u_beta": "U_β (upper bound of the expert β)",
                "expert.data_fraction": "expert training-data fraction"}
@@ -43,30 +32,7 @@ CI_CAPTION = "error bars: 95% CI, bootstrap over test samples pooled over seeds"
 STD_CAPTION = "error bars: ± std over seeds"
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
-    fig = Figure(figsize=(width * ncols, height))
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _group_label(method: str, axes: dict) -> str:
-    extra = ", ".join(f"{_short(k)}={v}" for k, v in axes.items()
-                      if not _missing(v) and expert_display(v) != method)
-    return f"{method} ({extra})" if extra else method
-
-
-def _short(axis: str) -> str:
-    return {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "data"}.get(
-        axis, axis.rsplit(".", 1)[-1])
-
-
-def _interval_lookup(intervals: pd.DataFrame | None, split: str, axis: str,
+def interval_lookup(intervals: pd.DataFrame | None, split: str, axis: str,
                      others: list[str]) -> dict[tuple, tuple[float, float]]:
     """(method, *other axes as str, axis value or None, metric) -> (ci_low, ci_high)."""
     if intervals is None or intervals.empty or axis not in intervals:
@@ -74,7 +40,7 @@ def _interval_lookup(intervals: pd.DataFrame | None, split: str, axis: str,
     lookup = {}
     for _, row in intervals[intervals["split"] == split].iterrows():
         x = pd.to_numeric(row[axis], errors="coerce")
-        key = (row["method"], *("" if _missing(row[o]) else str(row[o]) for o in others),
+        key = (row["method"], *("" if missing(row[o]) else str(row[o]) for o in others),
                None if pd.isna(x) else float(x), row["metric"])
         lookup[key] = (row["ci_low"], row["ci_high"])
     return lookup
@@ -105,27 +71,27 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
     axes = axis_columns(df)
     if axis not in axes:
         return None
-    part = _scoped(df[df["split"] == split], axes)
+    part = scoped(df[df["split"] == split], axes)
     if part.empty:
         return None
     part = part.copy()
     part[axis] = pd.to_numeric(part[axis], errors="coerce")
     others = [a for a in axes if a != axis]
     for other in others:
-        part[other] = part[other].map(lambda v: "" if _missing(v) else str(v))
+        part[other] = part[other].map(lambda v: "" if missing(v) else str(v))
     on_axis = part[part[axis].notna()]
     if on_axis[axis].nunique() < 2:
         return None
     metrics = [(m, name) for m, name in PLOT_METRICS if m in part and part[m].notna().any()]
     if not metrics:
         return None
-    fig, panels = _figure(len(metrics), 5.2, 3.8)
+    fig, panels = new_figure(len(metrics), 5.2, 3.8)
     keys = ["method", *others]
-    groups = sorted(on_axis.groupby(keys, sort=False), key=lambda kv: _method_rank(
+    groups = sorted(on_axis.groupby(keys, sort=False), key=lambda kv: method_rank(
         kv[0][0] if isinstance(kv[0], tuple) else kv[0]))
     flat = part[part[axis].isna()]
-    bases = {GAIN_PAIRS[m] for m in on_axis["method"].unique() if m in GAIN_PAIRS}
-    lookup = _interval_lookup(intervals, split, axis, others)
+    bases = {BASES[m] for m in on_axis["method"].unique() if m in BASES}
+    lookup = interval_lookup(intervals, split, axis, others)
     captions = set()
     for panel, (metric, name) in zip(panels, metrics, strict=True):
         for key, group in groups:
@@ -135,17 +101,17 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
             found = [lookup.get((*key, float(x), metric)) for x in stats.index]
             err, caption = _error_bars(stats, found)
             captions.add(caption)
-            label = _group_label(key[0], dict(zip(others, key[1:], strict=True)))
+            label = group_label(key[0], dict(zip(others, key[1:], strict=True)))
             panel.errorbar(stats.index, stats["mean"], yerr=err, marker="o", capsize=3,
                            label=label)
-        for base in sorted(bases, key=_method_rank):
+        for base in sorted(bases, key=method_rank):
             values = flat.loc[flat["method"] == base]
             if values.empty:
                 continue
             mean = values.groupby("seed")[metric].mean().mean()
             band = lookup.get((base, *[""] * len(others), None, metric))
             panel.axhline(mean, linestyle="--", color="grey", linewidth=1,
-                          label=f"{base} (no {_short(axis)}"
+                          label=f"{base} (no {axis_label(axis)}"
                                 + ("; band: 95% CI)" if band is not None else ")"))
             if band is not None:
                 panel.axhspan(*band, color="grey", alpha=0.12)
@@ -155,11 +121,11 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
         panel.grid(alpha=0.3)
         panel.legend(fontsize=8)
     fig.suptitle("mean over seeds; " + "; ".join(sorted(captions)), fontsize=9)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _comparison_label(row: pd.Series, axes: list[str]) -> str:
-    label = _group_label(row["method"], {a: row[a] for a in axes if a in row})
+    label = group_label(row["method"], {a: row[a] for a in axes if a in row})
     return f"{label} − {row['reference']} (n={row['n']}, seeds={row['seeds']})"
 
 
@@ -172,7 +138,7 @@ def plot_paired_differences(comparisons: pd.DataFrame, axes: list[str], out_path
     if not metrics:
         return None
     rows = int(max((part["metric"] == m).sum() for m, _ in metrics))
-    fig, panels = _figure(len(metrics), 6.4, 1.4 + 0.35 * rows)
+    fig, panels = new_figure(len(metrics), 6.4, 1.4 + 0.35 * rows)
     for panel, (metric, name) in zip(panels, metrics, strict=True):
         table = part[part["metric"] == metric].reset_index(drop=True)
         y = np.arange(len(table))[::-1]
@@ -192,7 +158,7 @@ def plot_paired_differences(comparisons: pd.DataFrame, axes: list[str], out_path
         panel.set_title(f"Paired {name} differences, 95% CI ({split})", fontsize=10)
         panel.grid(alpha=0.3, axis="x")
         panel.legend(fontsize=8)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _job_groups(jobs: list[JobRecord], df: pd.DataFrame) -> dict[str, str]:
@@ -200,159 +166,14 @@ def _job_groups(jobs: list[JobRecord], df: pd.DataFrame) -> dict[str, str]:
     if df.empty:
         return {job.job: job.method for job in jobs if job.ok and job.method}
     axes = axis_columns(df)
-    rows = _scoped(df[df["kind"] == "preference"], axes).drop_duplicates("job")
+    rows = scoped(df[df["kind"] == "preference"], axes).drop_duplicates("job")
     labels = {}
     for _, row in rows.iterrows():
-        labels[row["job"]] = _group_label(row["method"], {a: row[a] for a in axes})
+        labels[row["job"]] = group_label(row["method"], {a: row[a] for a in axes})
     for job in jobs:
         if job.ok and job.job not in labels and job.method:
             labels[job.job] = job.method
     return labels
-
-
-def _sorted_groups(groups: dict) -> list:
-    return sorted(groups.items(), key=lambda kv: (_method_rank(kv[0].split(" (")[0]), kv[0]))
-
-
-def read_history(path: Path, phase: str = "preference") -> pd.DataFrame:
-    rows = []
-    try:
-        with open(path) as handle:
-            for line in handle:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("phase") == phase:
-                    rows.append(record)
-    except OSError:
-        return pd.DataFrame()
-    return pd.DataFrame(rows)
-
-
-def plot_reward_margins(jobs: list[JobRecord], labels: dict[str, str], out_path: Path,
-                        key: str = "rewards/margins") -> Path | None:
-    """Reward margin (chosen − rejected) over preference-training steps, mean over seeds."""
-    curves: dict[str, list[pd.Series]] = defaultdict(list)
-    for job in jobs:
-        if job.job not in labels or not (job.path / "history.jsonl").is_file():
-            continue
-        history = read_history(job.path / "history.jsonl")
-        if history.empty or key not in history or "step" not in history:
-            continue
-        series = history.dropna(subset=[key]).groupby("step")[key].mean()
-        if not series.empty:
-            curves[labels[job.job]].append(series)
-    if not curves:
-        return None
-    fig, (ax,) = _figure()
-    for label, series in _sorted_groups(curves):
-        table = pd.concat(series, axis=1)
-        mean = table.mean(axis=1)
-        ax.plot(mean.index, mean.values, label=f"{label} [{len(series)} run(s)]")
-        if len(series) >= 2:
-            std = table.std(axis=1, ddof=1).fillna(0.0)
-            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("preference training step")
-    ax.set_ylabel("reward margin (chosen − rejected)")
-    ax.set_title("Reward margin during preference training (mean ± std over seeds)")
-    ax.title.set_fontsize(10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out_path)
-
-
-def _load_array(path: Path) -> np.ndarray | None:
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    values = np.asarray(values, dtype=float).ravel()
-    values = values[np.isfinite(values)]
-    return values if values.size else None
-
-
-def _discrepancy_values(job: JobRecord) -> np.ndarray | None:
-    values = _load_array(job.path / "reward_discrepancy.npy")
-    if values is not None:
-        return values
-    for block in ((job.metrics or {}).get("analysis") or {}).values():
-        found = (block or {}).get("reward_discrepancy") if isinstance(block, dict) else None
-        if isinstance(found, dict) and isinstance(found.get("values"), list) and found["values"]:
-            array = np.asarray([v for v in found["values"] if isinstance(v, (int, float))],
-                               dtype=float)
-            if array.size:
-                return array
-    return None
-
-
-def _plot_histograms(groups: dict[str, list[np.ndarray]], out_path: Path, title: str,
-                     xlabel: str, zero_line: bool = False) -> Path | None:
-    if not groups:
-        return None
-    pooled = {label: np.concatenate(arrays) for label, arrays in groups.items()}
-    everything = np.concatenate(list(pooled.values()))
-    low, high = float(everything.min()), float(everything.max())
-    if low == high:
-        low, high = low - 0.5, high + 0.5
-    bins = np.linspace(low, high, 41)
-    fig, (ax,) = _figure()
-    for label, values in _sorted_groups(pooled):
-        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5,
-                label=f"{label} (mean {values.mean():.3f}, n={values.size})")
-    if zero_line and low < 0 < high:
-        ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.title.set_fontsize(10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out_path)
-
-
-def plot_reward_discrepancy(jobs: list[JobRecord], labels: dict[str, str],
-                            out_path: Path) -> Path | None:
-    """Overlaid histograms of the chosen − rejected reward per training pair, per method.
-
-    Uses the post-training values (reward_discrepancy.npy, else metrics.json analysis
-    values); when no job has them, the values logged during training
-    (train_discrepancy.npy), with the title saying so.
-    """
-    groups: dict[str, list[np.ndarray]] = defaultdict(list)
-    for job in jobs:
-        if job.job in labels:
-            values = _discrepancy_values(job)
-            if values is not None:
-                groups[labels[job.job]].append(values)
-    title = "Reward discrepancy (chosen − rejected) after preference training"
-    if not groups:
-        for job in jobs:
-            if job.job in labels:
-                values = _load_array(job.path / "train_discrepancy.npy")
-                if values is not None:
-                    groups[labels[job.job]].append(values)
-        title = "Reward discrepancy (chosen − rejected) during preference training"
-    return _plot_histograms(groups, out_path, title, "reward discrepancy per training pair",
-                            zero_line=True)
-
-
-def plot_expert_betas(jobs: list[JobRecord], labels: dict[str, str],
-                      out_path: Path) -> Path | None:
-    """Histogram of the per-pair β (betas.npy or train_betas.npy), per method."""
-    groups: dict[str, list[np.ndarray]] = defaultdict(list)
-    for job in jobs:
-        if job.job in labels:
-            values = _load_array(job.path / "betas.npy")
-            if values is None:
-                values = _load_array(job.path / "train_betas.npy")
-            if values is not None:
-                groups[labels[job.job]].append(values)
-    return _plot_histograms(groups, out_path, "β per training pair", "β")
 
 
 def make_plots(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str = "test",

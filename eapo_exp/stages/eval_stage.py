@@ -15,9 +15,16 @@ from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
 from eapo_exp.evaluation.analysis import error_analysis
+from eapo_exp.evaluation.modes import build_mode
 from eapo_exp.evaluation.ranking import rank_candidates
 from eapo_exp.experts.training import load_expert, score_candidates
-from eapo_exp.stages.llm import backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.stages.llm import (
+    backbone_spec,
+    check_item_repr,
+    load_backbone,
+    make_prompt_builder,
+    prompt_spec,
+)
 from eapo_exp.training.batches import subset_indices
 
 log = logging.getLogger(__name__)
@@ -38,18 +45,17 @@ def evaluate_model(model, builder, samples: SampleSet, eval_cfg: DictConfig, out
     """Metrics per split, predictions in out_dir/predictions_<split>.jsonl; with an expert,
     also the error analysis of each split under results[split]["analysis"]. Samples are
     sharded over the runtime's processes; every process gets the whole result."""
+    mode = build_mode(eval_cfg.mode)
     results = {}
     for split in eval_cfg.splits:
         rows = evaluation_rows(samples, split, eval_cfg)
         if len(rows) == 0:
             log.warning("split %s is empty; skipped", split)
             continue
-        log.info("evaluating on %s (%d samples, mode=%s)", split, len(rows), eval_cfg.mode)
+        log.info("evaluating on %s (%d samples, mode=%s)", split, len(rows), mode.name)
         metrics, predictions = rank_candidates(
-            model, builder, rows, samples.catalog, mode=eval_cfg.mode,
-            batch_size=eval_cfg.batch_size, length_normalize=eval_cfg.length_normalize,
-            beam_width=eval_cfg.beam_width, max_new_tokens=eval_cfg.max_new_tokens, split=split,
-            runtime=runtime)
+            model, builder, rows, samples.catalog, mode, batch_size=eval_cfg.batch_size,
+            split=split, runtime=runtime)
         results[split] = metrics
         if expert is not None:
             scores = score_candidates(expert, rows["history"], rows["candidates"], history_len)
@@ -69,7 +75,7 @@ def evaluation_spec(cfg: DictConfig, samples: SampleSet, adapter: Path | None,
         eval_cfg.pop(key, None)
     return {"format": EVAL_FORMAT_VERSION, "samples": samples.fingerprint,
             "backbone": backbone_spec(cfg.backbone),
-            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "eval": eval_cfg,
+            "prompt": prompt_spec(cfg.prompt), "eval": eval_cfg,
             "history_len": cfg.dataset.history_len,
             "adapter": directory_digest(adapter) if adapter is not None else None,
             "expert": directory_digest(expert_artifact) if expert_artifact else None}
@@ -87,6 +93,7 @@ def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, 
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
+        check_item_repr(model, builder, adapter)
         expert = (load_expert(expert_artifact, map_location=runtime.device)
                   if expert_artifact else None)
         log.info("evaluating %s", label)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,7 +14,14 @@ from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
 from eapo_exp.errors import ConfigError
 from eapo_exp.experts import PopularityRanker
-from eapo_exp.experts.training import evaluate_scorer, load_expert, save_expert, train_expert
+from eapo_exp.experts.training import (
+    evaluate_scorer,
+    load_expert,
+    load_metrics,
+    save_expert,
+    train_expert,
+)
+from eapo_exp.training.settings import expert_training
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +51,8 @@ def prepare_expert(expert_cfg: DictConfig, samples: SampleSet, cache: ArtifactCa
         log.info("training expert %s (%d parameters)", expert_cfg.name,
                  sum(p.numel() for p in model.parameters()))
         info = train_expert(model, samples.split("train"), samples.split("valid"),
-                            history_len=history_len, lr=expert_cfg.lr,
-                            batch_size=expert_cfg.batch_size, max_epochs=expert_cfg.max_epochs,
-                            patience=expert_cfg.patience, weight_decay=expert_cfg.weight_decay,
-                            data_fraction=expert_cfg.data_fraction, seed=expert_cfg.seed,
-                            min_delta=expert_cfg.min_delta, device=runtime.device)
+                            history_len=history_len, settings=expert_training(expert_cfg),
+                            device=runtime.device)
         save_expert(model, directory, info, spec)
 
     path = cache.get_or_build("experts", spec, build, runtime)
@@ -69,7 +72,7 @@ def run_expert_stage(expert_cfg: DictConfig, samples: SampleSet, cache: Artifact
                      history_len: int, runtime: Runtime | None = None) -> dict:
     expert, path = prepare_expert(expert_cfg, samples, cache, history_len, runtime)
     with reading(path):
-        training = json.loads((path / "metrics.json").read_text())
+        training = load_metrics(path)
     popularity = PopularityRanker(samples.catalog.num_items)
     popularity.fit(samples.split("train"))
     return {

@@ -8,10 +8,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.base import LoadedBackbone, contiguous_head_input
 from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
+from eapo_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,15 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet,
 def attach_lora(model, lora_cfg: DictConfig, seed: int):
     """A fresh LoRA adapter on `model`, shaped by the backbone's `lora` config node. Its
     initial weights come from `seed` alone, not from what the process drew before (which
-    depends on what the cache already held)."""
+    depends on what the cache already held). A hybrid-item model's projector is trained
+    and saved with the adapter."""
+    extra = list(lora_cfg.modules_to_save)
+    if hybrid_items.find_projector(model) is not None:
+        extra = hybrid_items.modules_to_save(extra)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
-                          target_modules=list(lora_cfg.target_modules),
-                          modules_to_save=list(lora_cfg.modules_to_save))
+                          target_modules=list(lora_cfg.target_modules), modules_to_save=extra)
 
 
 def longest_completion(samples: SampleSet, tokenizer) -> int:
@@ -62,7 +67,30 @@ def make_prompt_builder(prompt_cfg: DictConfig, loaded: LoadedBackbone,
     return PromptBuilder(loaded.tokenizer, item_noun=samples.item_noun,
                          train_templates="all" if templates == ["all"] else templates,
                          eval_template=prompt_cfg.eval_template, max_prompt_tokens=budget,
-                         seed=prompt_cfg.seed, chat_template=prompt_cfg.chat_template)
+                         seed=prompt_cfg.seed, chat_template=prompt_cfg.chat_template,
+                         item_repr=prompt_cfg.item_repr)
+
+
+def check_item_repr(model, builder: PromptBuilder, adapter) -> None:
+    """Hybrid prompts need a model whose adapter carries the item projector (an SFT model
+    trained with prompt.item_repr=hybrid), and such a model needs hybrid prompts."""
+    has_projector = hybrid_items.find_projector(model) is not None
+    if builder.item_repr == "hybrid" and not has_projector:
+        raise ConfigError(f"prompt.item_repr=hybrid but the adapter {adapter} has no item "
+                          "projector: it was trained on text-only prompts")
+    if builder.item_repr != "hybrid" and has_projector:
+        raise ConfigError(f"the adapter {adapter} was trained with hybrid item prompts "
+                          "(LLaRA); set prompt.item_repr=hybrid")
+
+
+def prompt_spec(prompt_cfg: DictConfig) -> dict:
+    """What a prompt config changes in an artifact: the hybrid-only keys count only when
+    items are hybrid."""
+    spec = OmegaConf.to_container(prompt_cfg, resolve=True)
+    if spec.get("item_repr", "title") == "title":
+        spec.pop("item_repr", None)
+        spec.pop("curriculum", None)
+    return spec
 
 
 def backbone_spec(backbone_cfg: DictConfig) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones.lora import load_adapter, save_adapter
@@ -19,11 +20,18 @@ from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime, gather_in_order
 from eapo_exp.errors import ConfigError
 from eapo_exp.experts.training import load_expert, score_candidates
-from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.stages.llm import (
+    attach_lora,
+    backbone_spec,
+    check_item_repr,
+    load_backbone,
+    make_prompt_builder,
+    prompt_spec,
+)
 from eapo_exp.training.batches import subset_indices
-from eapo_exp.training.loop import LoopSettings, check_split
-from eapo_exp.training.preference import PreferenceBatches, PreferenceStep, train_preference
+from eapo_exp.training.preference import PreferenceBatches, train_preference
 from eapo_exp.training.preference_data import compute_logps, make_examples
+from eapo_exp.training.settings import LoopSettings, validate_loop
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +43,10 @@ def validate_preference(cfg: DictConfig, num_processes: int = 1) -> None:
     if not 1 <= pcfg.num_rejected <= cfg.dataset.num_negatives:
         raise ConfigError(f"train.preference.num_rejected must be in [1, dataset.num_negatives="
                           f"{cfg.dataset.num_negatives}], got {pcfg.num_rejected}")
-    for key in ("batch_size", "grad_accum", "lr", "checkpoint_every", "log_every",
-                "reference_batch_size"):
-        if pcfg[key] <= 0:
-            raise ConfigError(f"train.preference.{key} must be > 0, got {pcfg[key]}")
-    if pcfg.max_steps <= 0 and pcfg.epochs <= 0:
-        raise ConfigError("train.preference needs epochs > 0 or max_steps > 0")
-    check_split("train.preference.grad_accum", pcfg.grad_accum, num_processes)
+    validate_loop(pcfg, "train.preference", num_processes)
+    if pcfg.reference_batch_size <= 0:
+        raise ConfigError(f"train.preference.reference_batch_size must be > 0, got "
+                          f"{pcfg.reference_batch_size}")
     build_object(cfg.loss)  # constructors validate their own values (beta > 0, tau > 0, ...)
     schedule = build_object(cfg.beta_schedule)
     if num_processes > 1 and schedule.state_dict():
@@ -74,12 +79,13 @@ def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
     spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
             "reference": str(sft_adapter.parent.name) if sft_adapter else "base",
             "backbone": backbone_spec(cfg.backbone),
-            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True)}
+            "prompt": prompt_spec(cfg.prompt)}
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = load_adapter(loaded.model, sft_adapter) if sft_adapter else loaded.model
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
+        check_item_repr(model, builder, sft_adapter)
         tensors = compute_logps(model, builder, samples.catalog, examples,
                                 cfg.train.preference.reference_batch_size,
                                 loaded.tokenizer.pad_token_id, runtime=runtime)
@@ -123,14 +129,21 @@ def final_discrepancy(model, builder, samples: SampleSet, examples, reference, p
 
 def preference_spec(cfg: DictConfig, samples: SampleSet, sft_adapter: Path | None,
                     expert_dir: Path | None) -> dict:
-    return {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
+    """What a trained preference model depends on: the expert only when its β schedule
+    reads the expert's scores (a fixed-β model is the same whichever expert ran)."""
+    schedule = get_class(cfg.beta_schedule._target_)
+    spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
             "sft": str(sft_adapter.parent.name) if sft_adapter else "none",
-            "expert": expert_dir.name if expert_dir else "none",
             "backbone": backbone_spec(cfg.backbone),
-            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+            "prompt": prompt_spec(cfg.prompt),
             "loss": OmegaConf.to_container(cfg.loss, resolve=True),
             "beta_schedule": OmegaConf.to_container(cfg.beta_schedule, resolve=True),
             "train": OmegaConf.to_container(cfg.train.preference, resolve=True)}
+    if schedule.needs_expert_scores:
+        spec["expert"] = expert_dir.name if expert_dir else "none"
+    if schedule.needs_margins:  # its filter and statistics span each optimizer step's batch
+        spec["beta_scope"] = "optimizer_batch"
+    return spec
 
 
 TRAINING_CURVE = "training_curve.jsonl"
@@ -155,28 +168,18 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         reference = (None if loss.reference_free
                      else reference_logps(cfg, samples, cache, sft_adapter, examples, runtime))
         scores = (expert_scores(cfg, samples, cache, expert_dir, examples, runtime)
-                  if expert_dir is not None else None)
+                  if schedule.needs_expert_scores else None)
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
                  else attach_lora(loaded.model, cfg.backbone.lora, pcfg.seed))
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
-        batches = PreferenceBatches(examples, builder, samples.catalog, reference,
-                                    scores if schedule.needs_expert_scores else None,
+        check_item_repr(model, builder, sft_adapter)
+        batches = PreferenceBatches(examples, builder, samples.catalog, reference, scores,
                                     pcfg.batch_size, pcfg.grad_accum, pcfg.seed)
-        step = PreferenceStep(model, batches, loss, schedule, loaded.tokenizer.pad_token_id,
-                              runtime)
-        total = (pcfg.max_steps if pcfg.max_steps > 0
-                 else batches.schedule.steps_for(pcfg.epochs, pcfg.grad_accum))
-        settings = LoopSettings(total_steps=total, seed=pcfg.seed,
-                                grad_accum=pcfg.grad_accum, lr=pcfg.lr,
-                                weight_decay=pcfg.weight_decay, warmup_ratio=pcfg.warmup_ratio,
-                                schedule=pcfg.schedule, max_grad_norm=pcfg.max_grad_norm,
-                                checkpoint_every=pcfg.checkpoint_every,
-                                log_every=pcfg.log_every,
-                                dead_gradient_steps=pcfg.dead_gradient_steps)
+        settings = LoopSettings.from_config(pcfg, len(examples))
         log.info("preference (%s x %s): %d prompts x %d rejected, %d steps of %d x %d",
                  cfg.loss.name, cfg.beta_schedule.name, len(examples), pcfg.num_rejected,
-                 total, pcfg.batch_size, pcfg.grad_accum)
+                 settings.total_steps, pcfg.batch_size, pcfg.grad_accum)
         curve: list[dict] = []
 
         def record(step_number: int, values: dict) -> None:
@@ -184,8 +187,9 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
             if on_log is not None:
                 on_log(step_number, values)
 
-        info = train_preference(model, step, settings, work / "checkpoints", on_log=record,
-                                runtime=runtime)
+        info, step = train_preference(model, batches, loss, schedule,
+                                      loaded.tokenizer.pad_token_id, settings,
+                                      work / "checkpoints", on_log=record, runtime=runtime)
         # Kept with the artifact so a job that reuses it still has the training curve.
         with open(directory / TRAINING_CURVE, "w") as handle:
             handle.writelines(json.dumps(row, default=float) + "\n" for row in curve)

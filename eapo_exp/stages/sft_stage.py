@@ -9,14 +9,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.lora import save_adapter
 from eapo_exp.cache import ArtifactCache, reading
+from eapo_exp.data.curriculum import HybridCurriculum
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
-from eapo_exp.errors import ConfigError
-from eapo_exp.stages.llm import attach_lora, backbone_spec, load_backbone, make_prompt_builder
+from eapo_exp.stages.expert_stage import expert_spec, prepare_expert
+from eapo_exp.stages.llm import (
+    attach_lora,
+    backbone_spec,
+    load_backbone,
+    make_prompt_builder,
+    prompt_spec,
+)
 from eapo_exp.training.batches import subset_indices
-from eapo_exp.training.loop import LoopSettings, check_split
+from eapo_exp.training.settings import LoopSettings, validate_loop
 from eapo_exp.training.sft import SFTBatches, train_sft
 
 log = logging.getLogger(__name__)
@@ -25,19 +33,27 @@ SFT_FORMAT_VERSION = 1
 
 
 def validate_sft(sft_cfg: DictConfig, num_processes: int = 1) -> None:
-    for key in ("batch_size", "grad_accum", "lr", "checkpoint_every", "log_every"):
-        if sft_cfg[key] <= 0:
-            raise ConfigError(f"train.sft.{key} must be > 0, got {sft_cfg[key]}")
-    check_split("train.sft.grad_accum", sft_cfg.grad_accum, num_processes)
-    if sft_cfg.max_steps <= 0 and sft_cfg.epochs <= 0:
-        raise ConfigError("train.sft needs epochs > 0 or max_steps > 0")
+    validate_loop(sft_cfg, "train.sft", num_processes)
+
+
+def hybrid(cfg: DictConfig) -> bool:
+    return cfg.prompt.item_repr == "hybrid"
 
 
 def sft_spec(cfg: DictConfig, samples: SampleSet) -> dict:
-    return {"format": SFT_FORMAT_VERSION, "samples": samples.fingerprint,
-            "backbone": backbone_spec(cfg.backbone),
-            "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+    spec = {"format": SFT_FORMAT_VERSION, "samples": samples.fingerprint,
+            "backbone": backbone_spec(cfg.backbone), "prompt": prompt_spec(cfg.prompt),
             "sft": OmegaConf.to_container(cfg.train.sft, resolve=True)}
+    if hybrid(cfg):  # the projector reads the expert's item embeddings
+        spec["expert"] = expert_spec(cfg.expert, samples)
+    return spec
+
+
+def expert_item_table(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                      runtime: Runtime):
+    """The trained expert's item embeddings [num_items + 1, d] (LLaRA's item tokens)."""
+    expert, _ = prepare_expert(cfg.expert, samples, cache, cfg.dataset.history_len, runtime)
+    return expert.item_embedding.weight.detach().cpu()
 
 
 def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
@@ -51,28 +67,26 @@ def prepare_sft(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
     validate_sft(sft_cfg, runtime.num_processes)
     spec = sft_spec(cfg, samples)
     work = cache.work_dir("sft", spec)
+    # Before the collective build: the expert is built by the main process alone.
+    item_table = expert_item_table(cfg, samples, cache, runtime) if hybrid(cfg) else None
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
+        curriculum = None
+        if item_table is not None:
+            hybrid_items.install(loaded.model, item_table, seed=sft_cfg.seed)
+            curriculum = HybridCurriculum(**cfg.prompt.curriculum, seed=sft_cfg.seed)
         model = attach_lora(loaded.model, cfg.backbone.lora, sft_cfg.seed)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         train = samples.split("train")
         indices = subset_indices(len(train), sft_cfg.max_train_samples, sft_cfg.seed)
         rows = [dict(r) for r in train.select(indices)]
+        settings = LoopSettings.from_config(sft_cfg, len(rows))
         batches = SFTBatches(rows, samples.catalog, builder, sft_cfg.batch_size,
-                             sft_cfg.grad_accum, sft_cfg.seed, loaded.tokenizer.pad_token_id)
-        total = (sft_cfg.max_steps if sft_cfg.max_steps > 0
-                 else batches.schedule.steps_for(sft_cfg.epochs, sft_cfg.grad_accum))
-        settings = LoopSettings(total_steps=total, seed=sft_cfg.seed,
-                                grad_accum=sft_cfg.grad_accum, lr=sft_cfg.lr,
-                                weight_decay=sft_cfg.weight_decay,
-                                warmup_ratio=sft_cfg.warmup_ratio, schedule="cosine",
-                                max_grad_norm=sft_cfg.max_grad_norm,
-                                checkpoint_every=sft_cfg.checkpoint_every,
-                                log_every=sft_cfg.log_every,
-                                dead_gradient_steps=sft_cfg.dead_gradient_steps)
-        log.info("SFT: %d training prompts, %d steps of %d x %d", len(rows), total,
-                 sft_cfg.batch_size, sft_cfg.grad_accum)
+                             sft_cfg.grad_accum, sft_cfg.seed, loaded.tokenizer.pad_token_id,
+                             curriculum, settings.total_steps)
+        log.info("SFT: %d training prompts, %d steps of %d x %d", len(rows),
+                 settings.total_steps, sft_cfg.batch_size, sft_cfg.grad_accum)
         info = train_sft(model, batches, settings, work / "checkpoints", on_log=on_log,
                          runtime=runtime)
         info.update({"train_samples": len(rows), "prompt_stats": dict(builder.stats)})

@@ -7,8 +7,6 @@ sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -35,9 +33,6 @@ class MicroBatchSchedule:
             epoch, offset = divmod(flat, self.num_samples)
             out.append((int(self._perm(epoch)[offset]), epoch))
         return out
-
-    def steps_for(self, epochs: int, grad_accum: int) -> int:
-        return max(1, math.ceil(epochs * self.num_samples / (self.batch_size * grad_accum)))
 
 
 def subset_indices(total: int, limit: int, seed: int) -> list[int]:

@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from eapo_exp.distributed import Runtime, default_runtime
-from eapo_exp.errors import ConfigError, EapoError
+from eapo_exp.errors import EapoError
 from eapo_exp.training.checkpoint import (
     latest_checkpoint,
     load_adapter_weights,
@@ -35,6 +34,7 @@ from eapo_exp.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from eapo_exp.training.settings import LoopSettings, check_split
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +44,11 @@ class TrainingDiverged(EapoError):
     steps; the last good checkpoint is kept."""
 
 
-def check_split(key: str, grad_accum: int, num_processes: int) -> None:
-    """Every process must run the same number of micro-batches per optimizer step."""
-    if grad_accum % num_processes:
-        raise ConfigError(
-            f"{key}={grad_accum} cannot be split evenly over {num_processes} processes: use a "
-            f"multiple of {num_processes} (each process runs {key}/{num_processes} micro-batches "
-            "per optimizer step, so the global batch is batch_size x grad_accum whatever the "
-            "process count)")
-
-
 def local_micro_batches(grad_accum: int, num_processes: int, process_index: int) -> range:
     """The micro-batch indices (of 0..grad_accum-1) that one process runs in every step."""
     check_split("grad_accum", grad_accum, num_processes)
     per_process = grad_accum // num_processes
     return range(process_index * per_process, (process_index + 1) * per_process)
-
-
-@dataclass
-class LoopSettings:
-    total_steps: int
-    seed: int = 0  # the RNG of a fresh run (dropout); a resumed run restores its checkpoint's
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    schedule: str = "cosine"  # cosine | constant
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 50
-    log_every: int = 10
-    # Stop when the gradient norm is exactly 0 for this many steps in a row (a diverged model
-    # whose saturated outputs pass no gradient, with a finite loss); 0 = never.
-    dead_gradient_steps: int = 5
 
 
 StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
@@ -84,17 +57,18 @@ StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
 class TrainLoop:
     def __init__(self, model, settings: LoopSettings, checkpoint_dir: Path,
                  on_log: Callable[[int, dict[str, Any]], None] | None = None,
-                 extra_state: Any = None, runtime: Runtime | None = None,
-                 progress: bool = True, description: str = "train") -> None:
-        """extra_state: an object with state_dict()/load_state_dict() saved with every
-        checkpoint (the beta schedule's running statistics), or None."""
+                 runtime: Runtime | None = None, progress: bool = True,
+                 description: str = "train") -> None:
+        """Prepares the model (DDP under several processes) and the optimizer: a step
+        function is built with `self.model`, the prepared one. A checkpoint in
+        checkpoint_dir is resumed when `run` starts."""
         if settings.total_steps < 1:
             raise EapoError(f"training needs at least one step, got {settings.total_steps}")
         self.model = model
         self.settings = settings
         self.checkpoint_dir = Path(checkpoint_dir)
         self.on_log = on_log
-        self.extra_state = extra_state
+        self.state: Any = None
         self.runtime = runtime or default_runtime()
         self.accelerator = self.runtime.accelerator
         self.micro_batches = local_micro_batches(settings.grad_accum,
@@ -123,7 +97,7 @@ class TrainLoop:
         # The scheduler stays unprepared: accelerate would step it once per process.
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.scheduler = scheduler
-        self.start_step = self._resume()
+        self.start_step = 0
 
     def _resume(self) -> int:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
@@ -138,8 +112,8 @@ class TrainLoop:
         if state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(load_rng_state(checkpoint, acc.process_index))
-        if self.extra_state is not None and state["extra"].get("extra") is not None:
-            self.extra_state.load_state_dict(state["extra"]["extra"])
+        if self.state is not None and state["extra"].get("extra") is not None:
+            self.state.load_state_dict(state["extra"]["extra"])
         self.history = list(state["extra"].get("history", []))
         self.last_stats = dict(state["extra"].get("last_stats", {}))
         self.dead_steps = int(state["extra"].get("dead_steps", 0))
@@ -151,7 +125,7 @@ class TrainLoop:
 
     def _checkpoint(self, step: int) -> None:
         acc = self.accelerator
-        extra = {"extra": self.extra_state.state_dict() if self.extra_state is not None else None,
+        extra = {"extra": self.state.state_dict() if self.state is not None else None,
                  "history": self.history, "last_stats": self.last_stats,
                  "dead_steps": self.dead_steps}
         save_checkpoint(self.checkpoint_dir, step, acc.unwrap_model(self.model), self.optimizer,
@@ -183,9 +157,14 @@ class TrainLoop:
                 f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
         return self.runtime.mean(sums)
 
-    def run(self, step_loss: StepLoss) -> dict[str, Any]:
+    def run(self, step_loss: StepLoss, state: Any = None) -> dict[str, Any]:
+        """Train from the latest checkpoint (or from scratch) to total_steps. state: an object
+        with state_dict()/load_state_dict() saved with every checkpoint (the preference
+        step: the β schedule's running statistics and the per-pair records), or None."""
         from tqdm.auto import tqdm
 
+        self.state = state
+        self.start_step = self._resume()
         s = self.settings
         acc = self.accelerator
         self.model.train()

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from eapo_exp.data.curriculum import HybridCurriculum
 from eapo_exp.data.prompts import PromptBuilder
 from eapo_exp.data.schema import ItemCatalog
 from eapo_exp.losses.sft import IGNORE_INDEX, response_nll
 from eapo_exp.training.batches import MicroBatchSchedule
-from eapo_exp.training.loop import LoopSettings, TrainLoop
+from eapo_exp.training.loop import TrainLoop
+from eapo_exp.training.settings import LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,16 @@ def pad_left(inputs: list[list[int]], labels: list[list[int]], pad_id: int,
 
 
 class SFTBatches:
-    """Builds the tokenized micro-batches of an SFT run from training sample rows."""
+    """Builds the tokenized micro-batches of an SFT run from training sample rows. With a
+    curriculum (hybrid item prompts) each example is hybrid or text-only by its draw at the
+    step's share of `total_steps`."""
 
     def __init__(self, rows: list[dict], catalog: ItemCatalog, builder: PromptBuilder,
-                 batch_size: int, grad_accum: int, seed: int, pad_id: int) -> None:
+                 batch_size: int, grad_accum: int, seed: int, pad_id: int,
+                 curriculum: HybridCurriculum | None = None, total_steps: int = 0) -> None:
         self.rows = rows
+        self.curriculum = curriculum
+        self.total_steps = total_steps
         self.catalog = catalog
         self.builder = builder
         self.grad_accum = grad_accum
@@ -52,8 +59,10 @@ class SFTBatches:
     def batch(self, step: int, micro: int, device) -> dict[str, torch.Tensor]:
         inputs, labels = [], []
         for position, epoch in self.schedule.micro_batch(step * self.grad_accum + micro):
+            hybrid = (None if self.curriculum is None else
+                      self.curriculum.is_hybrid(step, self.total_steps, position, epoch))
             example = self.builder.build_sample(self.rows[position], self.catalog, "train",
-                                                sample_key=position, epoch=epoch)
+                                                sample_key=position, epoch=epoch, hybrid=hybrid)
             inputs.append(example.prompt_ids + example.target_ids)
             labels.append([IGNORE_INDEX] * len(example.prompt_ids) + example.target_ids)
         return pad_left(inputs, labels, self.pad_id, device)

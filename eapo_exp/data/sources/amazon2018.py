@@ -56,7 +56,7 @@ _JUNK = re.compile(
 )
 
 
-def clean_title(raw: Any) -> str:
+def usable_title(raw: Any) -> str:
     """The usable title, or "" when it is missing or scraping junk."""
     if not isinstance(raw, str):
         return ""
@@ -176,7 +176,7 @@ class Amazon2018Source:
             asin = str(asin).strip()
             if asin in titles:
                 continue
-            title = clean_title(record.get("title"))
+            title = usable_title(record.get("title"))
             if title:
                 titles[asin] = title
             else:

@@ -43,7 +43,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from eapo_exp.cache import file_lock
+from eapo_exp.claims import file_lock
 from eapo_exp.data.interactions import InteractionData
 from eapo_exp.data.sources.atomic import AtomicSource
 from eapo_exp.errors import DataError
