@@ -75,5 +75,21 @@ def test_experiment_declares_its_sweep(experiment):
             OmegaConf.update(job, key, value)  # raises on a value of the wrong type
 
 
+PAPER_EXPERIMENTS = ("table1", "table2", "ablation", "u_beta", "expert_quality", "cold_start",
+                     "cross_domain", "all_methods")
+
+
+@pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
+def test_paper_experiments_run_three_seeds_at_paper_size(experiment):
+    """By default the paper's sizes and seeds 0-2; `scale=cpu` gives the CPU sizes."""
+    seeds = sweep_values("seed", composed(f"experiment={experiment}").hydra.sweeper.params.seed)
+    assert len(seeds) >= 3
+    paper = compose_with([f"experiment={experiment}"])
+    assert paper.train.sft.max_train_samples == 0 and paper.eval.max_samples == 0
+    assert paper.train.preference.lr == 1e-5 and paper.train.sft.epochs == 2
+    cpu = compose_with([f"experiment={experiment}", "scale=cpu"])
+    assert cpu.train.sft.max_train_samples == 448 and cpu.eval.max_samples == 200
+
+
 def test_u_beta_sweeps_the_upper_bound():
     assert "beta_schedule.u_beta" in composed("experiment=u_beta").hydra.sweeper.params
