@@ -251,3 +251,11 @@ def test_no_predictions_no_statistics(tmp_path: Path):
     assert result["stats"].comparisons.empty and result["stats"].intervals.empty
     assert result["summary"].loc[0, "hr@1"] == "1.0000"
     assert not math.isnan(result["summary"].loc[0, "hr@1_mean"])
+
+
+def test_a_method_whose_base_is_sft_is_compared_with_it_once():
+    from eapo_exp.report.comparisons import _references
+
+    assert _references("LLaRA") == ["SFT"]
+    assert _references("EAPO") == ["DPO", "SFT"]
+    assert _references("SFT") == []

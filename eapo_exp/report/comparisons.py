@@ -204,8 +204,11 @@ def compare(method: dict[Any, pd.DataFrame], reference: dict[Any, pd.DataFrame],
 
 
 def _references(method: str) -> list[str]:
+    """Its base, then SFT (once: LLaRA's base is SFT)."""
     names = [BASES[method]] if method in BASES else []
-    return names + ([REFERENCE_DISPLAY] if method != REFERENCE_DISPLAY else [])
+    if REFERENCE_DISPLAY not in names and method != REFERENCE_DISPLAY:
+        names.append(REFERENCE_DISPLAY)
+    return names
 
 
 def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
