@@ -123,6 +123,9 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     modules_to_save: list[str] = field(default_factory=list)
+    # model: the adapter branch runs in the base weights' dtype (float32 master weights
+    # kept); float32: PEFT's own path, which upcasts every adapter input (lora_compute.py).
+    compute_dtype: str = "model"
 
 
 @dataclass
@@ -131,6 +134,8 @@ class SmolLM2LoaderConfig:
     cache_dir: str = II("paths.model_cache")
     dtype: str = "auto"
     max_context: int = 2048
+    # auto: grouped_bmm on a CPU, sdpa on a GPU (eapo_exp/backbones/attention.py).
+    attn_implementation: str = "auto"
 
 
 @dataclass
@@ -143,6 +148,7 @@ class TinyLoaderConfig:
     max_context: int = 1024
     vocab_size: int = 2000
     seed: int = 0
+    attn_implementation: str = "auto"
 
 
 @dataclass
@@ -154,9 +160,18 @@ class HFLoaderConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     max_context: int = 4096
-    # sdpa and flex_attention take the shared-prompt mask; other backends fall back to
-    # re-encoding the prompt for every completion (a warning says so).
-    attn_implementation: str | None = "sdpa"
+    # auto: grouped_bmm on a CPU, sdpa on a GPU. auto, grouped_bmm, eager, sdpa and
+    # flex_attention take the shared-prompt mask; other backends fall back to re-encoding
+    # the prompt for every completion (a warning says so).
+    attn_implementation: str | None = "auto"
+
+
+@dataclass
+class CompileConfig:
+    # torch.compile every decoder layer (inductor, dynamic shapes) for training and
+    # evaluation (eapo_exp/backbones/compile.py); its artefacts are cached in cache_dir.
+    enabled: bool = False
+    cache_dir: str = "${oc.env:TORCHINDUCTOR_CACHE_DIR,${paths.cache_dir}/inductor}"
 
 
 @dataclass
@@ -164,6 +179,7 @@ class BackboneConfig:
     name: str = MISSING
     loader: Any = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
 
 
 # ---------------------------------------------------------------- prompts, training, evaluation

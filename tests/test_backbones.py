@@ -319,6 +319,7 @@ def test_hf_device_map_on_cpu_and_when_configured(monkeypatch, tiny, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     HFBackbone(name_or_path=str(tmp_path / "m"), dtype="float32").load()
     assert "device_map" not in seen
+    assert seen["attn_implementation"] == "grouped_bmm"  # auto on a CPU
     seen.clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     HFBackbone(name_or_path=str(tmp_path / "m"), dtype="float32", device_map="auto").load()

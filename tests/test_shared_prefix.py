@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from eapo_exp.backbones.attention import register as register_grouped_bmm
 from eapo_exp.training.shared_prefix import (
     completion_logprobs,
     completion_token_logprobs,
@@ -25,6 +26,8 @@ def tiny_llama(impl: str, seed: int = 0, hidden_size: int = 32) -> LlamaForCausa
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         pad_token_id=0, eos_token_id=1, bos_token_id=None,
     )
+    if impl == "grouped_bmm":
+        register_grouped_bmm()
     config._attn_implementation = impl
     model = LlamaForCausalLM(config).float()
     assert model.config._attn_implementation == impl
@@ -58,7 +61,7 @@ def unbatched_reference(model, prompts, completions):
     return out
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "grouped_bmm"])
 def test_values_match_naive_and_unbatched(impl):
     model = tiny_llama(impl)
     prompts, completions = batch()
@@ -82,7 +85,7 @@ def test_values_match_naive_and_unbatched(impl):
     assert torch.allclose(normalized.logprobs[finite], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "grouped_bmm"])
 def test_gradients_match_naive(impl):
     model = tiny_llama(impl, seed=3)
     prompts, completions = batch(seed=4)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from eapo_exp.backbones.attention import resolve_attention
 from eapo_exp.backbones.base import (
     LoadedBackbone,
     context_limit,
@@ -61,7 +62,7 @@ def _one_line(exc: BaseException) -> str:
 class HFBackbone:
     def __init__(self, name_or_path: str, dtype: str = "auto", device_map: str | None = None,
                  gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 max_context: int = 4096, attn_implementation: str | None = "sdpa") -> None:
+                 max_context: int = 4096, attn_implementation: str | None = "auto") -> None:
         self.name_or_path = name_or_path
         self.dtype = dtype
         self.device_map = device_map
@@ -71,6 +72,7 @@ class HFBackbone:
         self.attn_implementation = attn_implementation
 
     def _from_pretrained(self, local_files_only: bool):
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         source = self._source()
@@ -81,8 +83,9 @@ class HFBackbone:
         device_map = self._device_map()
         if device_map:
             kwargs["device_map"] = device_map
-        if self.attn_implementation:
-            kwargs["attn_implementation"] = self.attn_implementation
+        attention = resolve_attention(self.attn_implementation, torch.cuda.is_available())
+        if attention:
+            kwargs["attn_implementation"] = attention
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         return model, tokenizer
 

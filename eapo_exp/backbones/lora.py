@@ -9,6 +9,7 @@ from pathlib import Path
 
 from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.base import checkpointing_enabled, count_parameters
+from eapo_exp.backbones.lora_compute import set_lora_compute_dtype
 from eapo_exp.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ def _prepare_for_checkpointing(model) -> None:
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
                target_modules: Sequence[str] | str = DEFAULT_TARGETS,
-               modules_to_save: Sequence[str] = ()):
-    """Wrap `model` in a PEFT LoRA model (task CAUSAL_LM); only the adapters are trainable."""
+               modules_to_save: Sequence[str] = (), compute_dtype: str = "model"):
+    """Wrap `model` in a PEFT LoRA model (task CAUSAL_LM); only the adapters are trainable.
+    compute_dtype: where the adapter branch runs (lora_compute.set_lora_compute_dtype)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
@@ -41,6 +43,7 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
     except ValueError as exc:
         raise ModelError(f"cannot apply LoRA to {type(model).__name__} with target_modules="
                          f"{targets}: {' '.join(str(exc).split())}") from exc
+    set_lora_compute_dtype(peft_model, compute_dtype)
     trainable, total = count_parameters(peft_model)
     log.info("LoRA r=%d alpha=%d on %s: %d trainable of %d parameters (%.2f%%)", r, alpha,
              targets, trainable, total, 100.0 * trainable / max(total, 1))
@@ -56,7 +59,8 @@ def save_adapter(peft_model, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_adapter(model, path: str | os.PathLike, trainable: bool = False):
+def load_adapter(model, path: str | os.PathLike, trainable: bool = False,
+                 compute_dtype: str = "model"):
     """Put the adapter saved at `path` on `model`; `trainable` keeps its weights trainable."""
     from peft import PeftModel
 
@@ -67,7 +71,9 @@ def load_adapter(model, path: str | os.PathLike, trainable: bool = False):
     if trainable:
         _prepare_for_checkpointing(model)
     try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     except Exception as exc:
         raise ModelError(f"cannot load LoRA adapter {path}: {type(exc).__name__}: "
                          f"{' '.join(str(exc).split())}") from exc
+    set_lora_compute_dtype(peft_model, compute_dtype)
+    return peft_model

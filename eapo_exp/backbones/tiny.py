@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from eapo_exp.backbones.attention import resolve_attention
 from eapo_exp.backbones.base import LoadedBackbone, prepare_tokenizer
 from eapo_exp.errors import ConfigError
 
@@ -50,7 +51,8 @@ class TinyBackbone:
 
     def __init__(self, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                  intermediate_size: int = 128, max_context: int = 1024,
-                 vocab_size: int = 2000, seed: int = 0) -> None:
+                 vocab_size: int = 2000, seed: int = 0,
+                 attn_implementation: str = "auto") -> None:
         if hidden_size % num_heads:
             raise ConfigError(f"tiny backbone: hidden_size {hidden_size} is not divisible "
                               f"by num_heads {num_heads}")
@@ -63,6 +65,7 @@ class TinyBackbone:
         self.max_context = max_context
         self.vocab_size = vocab_size
         self.seed = seed
+        self.attn_implementation = attn_implementation
 
     def load(self, corpus: Sequence[str] = ()) -> LoadedBackbone:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -84,6 +87,8 @@ class TinyBackbone:
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
         )
+        config._attn_implementation = resolve_attention(self.attn_implementation,
+                                                        torch.cuda.is_available())
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream alone
             torch.manual_seed(self.seed)
             model = LlamaForCausalLM(config)

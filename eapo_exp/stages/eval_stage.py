@@ -91,7 +91,8 @@ def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, 
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
-        model = load_adapter(loaded.model, adapter) if adapter is not None else loaded.model
+        model = (load_adapter(loaded.model, adapter, compute_dtype=cfg.backbone.lora.compute_dtype)
+                 if adapter is not None else loaded.model)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         check_item_repr(model, builder, adapter)
         expert = (load_expert(expert_artifact, map_location=runtime.device)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.base import LoadedBackbone, contiguous_head_input
+from eapo_exp.backbones.compile import compile_decoder_layers
 from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
@@ -35,6 +36,8 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet,
         log.warning("%s has %.1fB parameters and runs on the CPU (no CUDA device visible): "
                     "every forward will be slow", loaded.name, parameters / 1e9)
     contiguous_head_input(loaded.model)
+    if backbone_cfg.compile.enabled:
+        compile_decoder_layers(loaded.model, backbone_cfg.compile.cache_dir)
     return loaded
 
 
@@ -49,7 +52,8 @@ def attach_lora(model, lora_cfg: DictConfig, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return apply_lora(model, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
-                          target_modules=list(lora_cfg.target_modules), modules_to_save=extra)
+                          target_modules=list(lora_cfg.target_modules), modules_to_save=extra,
+                          compute_dtype=lora_cfg.compute_dtype)
 
 
 def longest_completion(samples: SampleSet, tokenizer) -> int:
@@ -95,5 +99,7 @@ def prompt_spec(prompt_cfg: DictConfig) -> dict:
 
 def backbone_spec(backbone_cfg: DictConfig) -> dict:
     spec = OmegaConf.to_container(backbone_cfg, resolve=True)
-    spec["loader"].pop("cache_dir", None)  # where the converted weights live is irrelevant
+    # Where converted weights and compiled kernels live is irrelevant.
+    spec["loader"].pop("cache_dir", None)
+    spec.get("compile", {}).pop("cache_dir", None)
     return spec

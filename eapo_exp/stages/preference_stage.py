@@ -83,7 +83,9 @@ def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
 
     def build(directory: Path) -> None:
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
-        model = load_adapter(loaded.model, sft_adapter) if sft_adapter else loaded.model
+        model = (load_adapter(loaded.model, sft_adapter,
+                              compute_dtype=cfg.backbone.lora.compute_dtype)
+                 if sft_adapter else loaded.model)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         check_item_repr(model, builder, sft_adapter)
         tensors = compute_logps(model, builder, samples.catalog, examples,
@@ -170,7 +172,8 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         scores = (expert_scores(cfg, samples, cache, expert_dir, examples, runtime)
                   if schedule.needs_expert_scores else None)
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
-        model = (load_adapter(loaded.model, sft_adapter, trainable=True) if sft_adapter
+        model = (load_adapter(loaded.model, sft_adapter, trainable=True,
+                              compute_dtype=cfg.backbone.lora.compute_dtype) if sft_adapter
                  else attach_lora(loaded.model, cfg.backbone.lora, pcfg.seed))
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         check_item_repr(model, builder, sft_adapter)

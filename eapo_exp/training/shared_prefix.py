@@ -42,7 +42,7 @@ import torch
 
 from eapo_exp.losses.logprobs import token_logprobs
 
-SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")
+SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention", "grouped_bmm")
 _warned_naive = False
 
 

@@ -1,0 +1,54 @@
+"""torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
+
+Each decoder layer is compiled on its own with inductor and dynamic shapes: the 30 layers of
+SmolLM2 share one graph (same code, parameters as inputs), and the packed row lengths that
+change every step do not trigger a recompilation. The embeddings, the attention mask and
+the LM head stay eager (the head runs on a few rows; the mask is built once per forward).
+Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
+embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
+matmuls stay in oneDNN / cuBLAS. Training and evaluation compile separate graphs (with and
+without autograd) on first use; inductor's artefacts are cached on disk
+(TORCHINDUCTOR_CACHE_DIR, default paths.cache_dir/inductor), so a later process reuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from eapo_exp.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a causal LM (model.model.layers for Llama-like models)."""
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ModelError(f"backbone.compile.enabled=true: cannot find the decoder layers of "
+                         f"{type(model).__name__} (expected model.model.layers)")
+    return layers
+
+
+def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) -> int:
+    """Compile every decoder layer of `model` in place (lazily: the first forward with and
+    the first without autograd compile, ~1 min each on 2 CPU cores with a cold cache);
+    returns the number of layers."""
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        # Read by inductor at every cache access (an earlier default does not stick).
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
+    layers = decoder_layers(model)
+    # One graph per (grad mode, train/eval) serves every layer; the default limit of 8
+    # compiled variants per code object is ample, but a LoRA swap adds guards.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    log.info("torch.compile: %d decoder layers of %s (inductor, dynamic shapes; cache %s)",
+             len(layers), type(model).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+    return len(layers)
+

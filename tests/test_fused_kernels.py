@@ -1,0 +1,213 @@
+"""The fast paths give the numbers of the reference paths within stated tolerances:
+grouped_bmm attention vs sdpa, LoRA in the model dtype vs PEFT's float32 branch, and
+torch.compile'd decoder layers vs eager."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from eapo_exp.backbones import attention
+from eapo_exp.backbones.attention import register, resolve_attention
+from eapo_exp.backbones.compile import decoder_layers
+from eapo_exp.backbones.lora import apply_lora, load_adapter, save_adapter
+from eapo_exp.backbones.lora_compute import set_lora_compute_dtype
+from eapo_exp.errors import ConfigError, ModelError
+from eapo_exp.training.shared_prefix import completion_logprobs, naive_completion_logprobs
+
+VOCAB = 97
+
+
+def llama(impl: str, dtype=torch.float32, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
+    register()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=96,
+                         num_hidden_layers=layers, num_attention_heads=6, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+                         bos_token_id=None)
+    config._attn_implementation = impl
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def batch(seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(n):
+        return torch.randint(2, VOCAB, (n,), generator=gen).tolist()
+
+    prompts = [rand(19), rand(6), rand(31)]
+    completions = [[rand(3), rand(5)], [rand(4), rand(2), rand(6)], [rand(1)]]
+    return prompts, completions
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {name: param.grad.detach().float().clone() for name, param in model.named_parameters()
+            if param.grad is not None}
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def with_same_weights(impl: str, reference: LlamaForCausalLM) -> LlamaForCausalLM:
+    model = llama(impl, dtype=reference.dtype)
+    model.load_state_dict(reference.state_dict())
+    return model
+
+
+def test_auto_attention_is_grouped_bmm_on_cpu_and_sdpa_on_cuda():
+    assert resolve_attention("auto", on_cuda=False) == "grouped_bmm"
+    assert resolve_attention("auto", on_cuda=True) == "sdpa"
+    assert resolve_attention("eager", on_cuda=False) == "eager"
+
+
+@pytest.fixture(params=[128, 5], ids=["one-query-block", "query-blocks-of-5"])
+def query_block(request, monkeypatch):
+    """grouped_bmm's causal split, as configured and with blocks small enough to split
+    these short rows into several."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", request.param)
+    return request.param
+
+
+def test_grouped_bmm_values_and_gradients_match_naive_in_query_blocks(query_block):
+    model = llama("grouped_bmm")
+    prompts, completions = batch()
+    shared = completion_logprobs(model, prompts, completions, 0).logprobs
+    naive = naive_completion_logprobs(model, prompts, completions, 0).logprobs
+    finite = torch.isfinite(naive)
+    assert torch.allclose(shared[finite], naive[finite], atol=1e-5, rtol=1e-5)
+    shared[finite].sum().backward()
+    got = lora_grads(model)
+    model.zero_grad()
+    naive_completion_logprobs(model, prompts, completions, 0).logprobs[finite].sum().backward()
+    want = lora_grads(model)
+    assert max(relative(got[n], want[n]) for n in want) < 1e-5
+
+
+def test_grouped_bmm_matches_sdpa_with_padding_mask_and_kv_cache(query_block):
+    sdpa = llama("sdpa")
+    grouped = with_same_weights("grouped_bmm", sdpa)
+    ids = torch.randint(2, VOCAB, (3, 17), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding, as the SFT batches have
+    mask[2, :1] = 0
+    with torch.no_grad():
+        expected = sdpa(input_ids=ids, attention_mask=mask).logits
+        got = grouped(input_ids=ids, attention_mask=mask).logits
+        real = mask.bool()
+        assert torch.allclose(got[real], expected[real], atol=1e-5, rtol=1e-5)
+        # Decoding with a KV cache: one new token against 17 cached ones.
+        past = grouped(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        step_ids = torch.randint(2, VOCAB, (3, 1))
+        step_mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+        got_step = grouped(input_ids=step_ids, attention_mask=step_mask, past_key_values=past,
+                           use_cache=True).logits
+        full = sdpa(input_ids=torch.cat([ids, step_ids], 1), attention_mask=step_mask).logits
+    assert torch.allclose(got_step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_bmm_bf16_training_step_stays_within_bf16_rounding_of_sdpa():
+    sdpa = apply_lora(llama("sdpa", torch.bfloat16), r=4, alpha=8, dropout=0.0,
+                      compute_dtype="float32")
+    base = llama("grouped_bmm", torch.bfloat16)
+    base.load_state_dict(sdpa.base_model.model.state_dict(), strict=False)
+    grouped = apply_lora(base, r=4, alpha=8, dropout=0.0, compute_dtype="float32")
+    grouped.load_state_dict(sdpa.state_dict())
+    prompts, completions = batch()
+    results = []
+    for model in (sdpa, grouped):
+        model.train()
+        logps = completion_logprobs(model, prompts, completions, 0).logprobs
+        logps[torch.isfinite(logps)].sum().backward()
+        results.append((logps.detach(), lora_grads(model)))
+    (lp_sdpa, g_sdpa), (lp_grouped, g_grouped) = results
+    finite = torch.isfinite(lp_sdpa)
+    assert torch.equal(finite, torch.isfinite(lp_grouped))
+    # bf16 carries ~3 significant digits; sums of ~5 token log-probs of ~4.6 each.
+    assert (lp_grouped[finite] - lp_sdpa[finite]).abs().max() < 0.1
+    assert set(g_sdpa) == set(g_grouped)
+    assert max(relative(g_grouped[n], g_sdpa[n]) for n in g_sdpa) < 0.05
+
+
+@pytest.mark.parametrize("dtype, value_tol, grad_tol", [(torch.float32, 1e-5, 1e-5),
+                                                          (torch.bfloat16, 0.1, 0.05)])
+def test_lora_in_model_dtype_matches_peft_float32_branch(dtype, value_tol, grad_tol):
+    reference = apply_lora(llama("sdpa", dtype), r=4, alpha=8, dropout=0.0,
+                           compute_dtype="float32")
+    torch.manual_seed(1)
+    for name, param in reference.named_parameters():
+        if "lora_B" in name:  # B starts at zero; give the adapter branch a real value
+            param.data.normal_(0, 0.05)
+    fast = apply_lora(llama("sdpa", dtype), r=4, alpha=8, dropout=0.0, compute_dtype="model")
+    fast.load_state_dict(reference.state_dict())
+    prompts, completions = batch()
+    results = []
+    for model in (reference, fast):
+        model.train()
+        logps = completion_logprobs(model, prompts, completions, 0).logprobs
+        logps[torch.isfinite(logps)].sum().backward()
+        results.append((logps.detach(), lora_grads(model)))
+    (lp_ref, g_ref), (lp_fast, g_fast) = results
+    finite = torch.isfinite(lp_ref)
+    assert (lp_fast[finite] - lp_ref[finite]).abs().max() < value_tol
+    assert set(g_ref) == set(g_fast) and len(g_ref) == 2 * 4 * 2  # A, B x q/k/v/o x 2 layers
+    assert max(relative(g_fast[n], g_ref[n]) for n in g_ref) < grad_tol
+    # The optimizer keeps updating float32 master weights.
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+               for p in fast.parameters() if p.requires_grad)
+
+
+def test_lora_compute_dtype_round_trips_and_rejects_bad_values(tmp_path):
+    model = apply_lora(llama("sdpa"), r=4, alpha=8, dropout=0.0, compute_dtype="model")
+    assert set_lora_compute_dtype(model, "model") == 8
+    save_adapter(model, tmp_path / "adapter")
+    reloaded = load_adapter(llama("sdpa"), tmp_path / "adapter", compute_dtype="float32")
+    assert set_lora_compute_dtype(reloaded, "float32") == 0
+    ids = torch.randint(2, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-6)
+    with pytest.raises(ConfigError, match="compute_dtype='half'"):
+        set_lora_compute_dtype(model, "half")
+
+
+def test_lora_with_dropout_in_training_takes_peft_path():
+    model = apply_lora(llama("sdpa"), r=4, alpha=8, dropout=0.5, compute_dtype="model")
+    model.train()
+    ids = torch.randint(2, VOCAB, (2, 9))
+    torch.manual_seed(0)
+    first = model(ids).logits
+    torch.manual_seed(1)
+    second = model(ids).logits
+    # B is zero at init, so dropout cannot change the output; the call must still work
+    # (PEFT's forward draws the mask) and agree with the eval-mode value.
+    model.eval()
+    assert torch.allclose(first, second) and torch.allclose(first, model(ids).logits)
+
+
+def test_decoder_layers_are_found_and_a_model_without_them_is_named():
+    assert len(decoder_layers(llama("sdpa"))) == 2
+    with pytest.raises(ModelError, match="decoder layers of Linear"):
+        decoder_layers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
+    script = Path(__file__).parent / "scripts" / "compiled_vs_eager.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=600,
+                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    results = torch.load(tmp_path / "results.pt")
+    eager, compiled = results["eager"], results["compiled"]
+    assert results["layers"] == 2
+    for key in ("logps", "scores"):
+        finite = torch.isfinite(eager[key])
+        assert torch.equal(finite, torch.isfinite(compiled[key]))
+        assert torch.allclose(compiled[key][finite], eager[key][finite], atol=1e-4, rtol=1e-5)
+    assert set(eager["grads"]) == set(compiled["grads"]) and eager["grads"]
+    assert max(relative(compiled["grads"][n], eager["grads"][n]) for n in eager["grads"]) < 1e-4
+    assert any((tmp_path / "inductor").iterdir())  # inductor's artefacts are cached there
