@@ -10,9 +10,9 @@ sized prompts of 330-350 tokens:
 - score: the 4 prompts x 21 candidate titles, forward only, no grad (score-mode evaluation,
   eval.batch_size=4).
 Variants, each in its own process: `eager` (sdpa attention, PEFT's float32 LoRA branch: the
-path before the fused kernels), `fast` (grouped_bmm attention, LoRA in the model dtype: the
-CPU default), `compiled` (fast + torch.compile of the decoder layers; its first call, which
-compiles, is reported apart).
+path before the fused kernels), `fast` (attention `auto` = grouped_bmm on a CPU, sdpa on a
+GPU; LoRA in the model dtype: the default), `compiled` (fast + torch.compile of the decoder
+layers; its first call, which compiles, is reported apart).
 
 Useful FLOPs: 4*N*T for a LoRA training step (forward 2NT + the backward's input gradients
 2NT; frozen weights get no weight gradient), 2*N*T forward only, N = the decoder layers'
@@ -43,8 +43,8 @@ CANDIDATES = 21
 REPEATS = int(os.environ.get("EAPO_BENCH_REPEATS", "3"))
 VARIANTS = {
     "eager": {"attn": "sdpa", "lora": "float32", "compile": False},
-    "fast": {"attn": "grouped_bmm", "lora": "model", "compile": False},
-    "compiled": {"attn": "grouped_bmm", "lora": "model", "compile": True},
+    "fast": {"attn": "auto", "lora": "model", "compile": False},
+    "compiled": {"attn": "auto", "lora": "model", "compile": True},
 }
 WORKLOADS = ("sft", "preference K=1", "preference K=3", "score")
 

@@ -7,6 +7,8 @@
 #   pipeline   the tiny pipeline (the test suite's fast overrides, stage=all method=eapo)
 #   multi-gpu  the same under `accelerate launch` with 2 processes (only where 2+ GPUs exist)
 #   bench      preference-step tokens/s and MFU on a ~1B Llama (bench/bench_gpu_preference.py)
+#   throughput SmolLM2-sized SFT/preference/score steps vs the measured matmul peak
+#              (bench/bench_throughput.py, eager and fast variants)
 # Each check has its own timeout and a failed one does not stop the rest. The end is one line
 # per check, `CHECK <name>: PASS|FAIL|SKIP (<detail>) <seconds> s`, and the exit status is 1
 # if any check failed. Full logs go to $OUT/gpu_check (the device tool brings $OUT back) or,
@@ -126,6 +128,12 @@ bench() {
 }
 detail_bench() { grep -Eo '[0-9,]+ tokens/s, [0-9.]+ TFLOP/s, MFU [^,]+' "$1" || last_error "$1"; }
 
+throughput() {  # SmolLM2-sized: eager vs fast, share of the measured matmul peak
+    EAPO_BENCH_VARIANTS=${EAPO_BENCH_VARIANTS:-eager,fast} "$PY" -m bench throughput
+}
+detail_throughput() { grep -E '^(preference K=3|score) +fast' "$1" | tr -s ' ' | paste -sd';' \
+    || last_error "$1"; }
+
 # --------------------------------------------------------------------------------- main
 echo "=== machine"
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
@@ -142,7 +150,7 @@ EOF
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 HAS_CUDA=$(( GPUS > 0 ))
 export PY WORK SITE WHEELS HAS_CUDA GPU_CHECK_ALLOW_CPU=${GPU_CHECK_ALLOW_CPU:-0}
-export -f install_wheels gpu_tests pipeline summarize_metrics bench
+export -f install_wheels gpu_tests pipeline summarize_metrics bench throughput
 if [[ $HAS_CUDA == 0 && "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]]; then
     echo "no CUDA device visible (GPU_CHECK_ALLOW_CPU=1 rehearses the check on a CPU)"
     exit 1
@@ -163,6 +171,7 @@ else
     skip multi-gpu "$GPUS GPU(s)"
 fi
 check bench "${TIMEOUT_BENCH:-120}" bench
+check throughput "${TIMEOUT_THROUGHPUT:-120}" throughput
 
 echo "=== summary (logs: $LOGS)"
 printf '%s\n' "${SUMMARY[@]}"

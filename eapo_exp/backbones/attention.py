@@ -1,9 +1,8 @@
 """`grouped_bmm`: an attention implementation for CPU training with an arbitrary mask.
 
-torch's CPU scaled_dot_product_attention with a mask runs its flash kernel, which on a
-2-core CPU spends most of its time outside the matrix multiplies (bf16, SmolLM2 shapes,
-4 x 380 tokens: ~25 ms forward, ~80 ms forward + backward per layer, against ~5 ms of
-matmul work). This one is the plain formula on batched matmuls:
+torch's CPU scaled_dot_product_attention with a mask runs its flash kernel, which spends
+most of its time outside the matrix multiplies (bf16, SmolLM2 shapes, 4 x 380 tokens, one
+core: ~25 ms forward, ~80 ms forward + backward per layer, against ~5 ms of matmul work). This one is the plain formula on batched matmuls:
 
     softmax(q k^T * scale + bias) v
 

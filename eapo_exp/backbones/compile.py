@@ -1,8 +1,9 @@
 """torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
 
-Each decoder layer is compiled on its own with inductor and dynamic shapes: the 30 layers of
-SmolLM2 share one graph (same code, parameters as inputs), and the packed row lengths that
-change every step do not trigger a recompilation. The embeddings, the attention mask and
+Each decoder layer is compiled on its own with inductor and dynamic shapes: the packed row
+lengths that change every step do not trigger a recompilation (dynamo still specialises on
+each layer's index, so the first step compiles once per layer; inductor's cache makes all
+but the first of those cheap). The embeddings, the attention mask and
 the LM head stay eager (the head runs on a few rows; the mask is built once per forward).
 Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
 embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
@@ -43,9 +44,14 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
         # Read by inductor at every cache access (an earlier default does not stick).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
     layers = decoder_layers(model)
-    # One graph per (grad mode, train/eval) serves every layer; the default limit of 8
-    # compiled variants per code object is ample, but a LoRA swap adds guards.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    # Dynamo specialises on each layer's index (an int attribute the forward reads) and on
+    # whether its input needs grad (not for the first layer, whose embeddings are frozen):
+    # a few graphs per layer and grad mode, all from the one code object. Below this limit
+    # dynamo would silently run the remaining layers eager.
+    limit = 8 * len(layers)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
     for layer in layers:
         layer.compile(dynamic=True)
     log.info("torch.compile: %d decoder layers of %s (inductor, dynamic shapes; cache %s)",

@@ -14,8 +14,10 @@ from eapo_exp.methods import CONFIG_KEYS, METHODS, REFERENCE, report_order
 from eapo_exp.report.jobs import BASE_COLUMNS, CONFIG_COLUMNS, CORE_METRICS
 
 SPLIT_ORDER = ("test", "valid", "test_user_cold", "test_item_cold")
-# Axes that never split a summary row: the seed is averaged over, the method is the row.
-NON_AXES = {"seed", "loss", "loss.name", "beta_schedule", "beta_schedule.name", "stage"}
+# Axes that never split a summary row: the seed is averaged over, the method is the row,
+# the thread count changes how fast a job runs, not what it computes.
+NON_AXES = {"seed", "loss", "loss.name", "beta_schedule", "beta_schedule.name", "stage",
+            "torch_threads"}
 NON_AXIS_PREFIXES = ("hydra", "paths", "logger")
 # Always treated as axes when they vary, even without an override (e.g. set by an
 # experiment file).
