@@ -51,6 +51,22 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
             if param.grad is not None}
 
 
+def randomize_lora_b(model) -> None:
+    """B starts at zero (so would A's gradient): give the adapter branch a real value."""
+    torch.manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+
+
+def training_pass(model) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Completion log-probs of batch() and the gradients of their sum."""
+    model.train()
+    logps = completion_logprobs(model, *batch(), 0).logprobs
+    logps[torch.isfinite(logps)].sum().backward()
+    return logps.detach(), lora_grads(model)
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
@@ -118,15 +134,9 @@ def test_grouped_bmm_bf16_training_step_stays_within_bf16_rounding_of_sdpa():
     base = llama("grouped_bmm", torch.bfloat16)
     base.load_state_dict(sdpa.base_model.model.state_dict(), strict=False)
     grouped = apply_lora(base, r=4, alpha=8, dropout=0.0, compute_dtype="float32")
+    randomize_lora_b(sdpa)
     grouped.load_state_dict(sdpa.state_dict())
-    prompts, completions = batch()
-    results = []
-    for model in (sdpa, grouped):
-        model.train()
-        logps = completion_logprobs(model, prompts, completions, 0).logprobs
-        logps[torch.isfinite(logps)].sum().backward()
-        results.append((logps.detach(), lora_grads(model)))
-    (lp_sdpa, g_sdpa), (lp_grouped, g_grouped) = results
+    (lp_sdpa, g_sdpa), (lp_grouped, g_grouped) = training_pass(sdpa), training_pass(grouped)
     finite = torch.isfinite(lp_sdpa)
     assert torch.equal(finite, torch.isfinite(lp_grouped))
     # bf16 carries ~3 significant digits; sums of ~5 token log-probs of ~4.6 each.
@@ -140,20 +150,10 @@ def test_grouped_bmm_bf16_training_step_stays_within_bf16_rounding_of_sdpa():
 def test_lora_in_model_dtype_matches_peft_float32_branch(dtype, value_tol, grad_tol):
     reference = apply_lora(llama("sdpa", dtype), r=4, alpha=8, dropout=0.0,
                            compute_dtype="float32")
-    torch.manual_seed(1)
-    for name, param in reference.named_parameters():
-        if "lora_B" in name:  # B starts at zero; give the adapter branch a real value
-            param.data.normal_(0, 0.05)
+    randomize_lora_b(reference)
     fast = apply_lora(llama("sdpa", dtype), r=4, alpha=8, dropout=0.0, compute_dtype="model")
     fast.load_state_dict(reference.state_dict())
-    prompts, completions = batch()
-    results = []
-    for model in (reference, fast):
-        model.train()
-        logps = completion_logprobs(model, prompts, completions, 0).logprobs
-        logps[torch.isfinite(logps)].sum().backward()
-        results.append((logps.detach(), lora_grads(model)))
-    (lp_ref, g_ref), (lp_fast, g_fast) = results
+    (lp_ref, g_ref), (lp_fast, g_fast) = training_pass(reference), training_pass(fast)
     finite = torch.isfinite(lp_ref)
     assert (lp_fast[finite] - lp_ref[finite]).abs().max() < value_tol
     assert set(g_ref) == set(g_fast) and len(g_ref) == 2 * 4 * 2  # A, B x q/k/v/o x 2 layers
