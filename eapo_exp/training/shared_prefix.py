@@ -18,7 +18,8 @@ returns early for any 4D tensor or flex `BlockMask`) to the attention function, 
 is built per backend:
 - sdpa: a bool mask (True = allowed) for `scaled_dot_product_attention`;
 - eager: an additive mask in the model dtype (0 where allowed, dtype-min elsewhere), because
-  eager *adds* the mask to the scores (a bool mask would be silently wrong);
+  eager *adds* the mask to the scores (a bool mask would be silently wrong); grouped_bmm
+  (eapo_exp/backbones/attention.py) gets the same, which it slices per query block;
 - flex_attention: a `BlockMask` from `create_block_mask`, whose mask_mod applies the same
   segment/causal rule (torch's CPU flex kernel has no backward: flex trains on GPU only).
 Any other backend (flash_attention_2, ...) cannot take a custom mask: we fall back to the
