@@ -3,8 +3,8 @@
 Each decoder layer is compiled on its own with inductor and dynamic shapes: the packed row
 lengths that change every step do not trigger a recompilation (dynamo still specialises on
 each layer's index, so the first step compiles once per layer; inductor's cache makes all
-but the first of those cheap). The embeddings, the attention mask and
-the LM head stay eager (the head runs on a few rows; the mask is built once per forward).
+but the first of those cheap). The embeddings, the attention mask and the LM head stay
+eager (the head runs on a few rows; the mask is built once per forward).
 Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
 embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
 matmuls stay in oneDNN / cuBLAS. Training and evaluation compile separate graphs (with and
