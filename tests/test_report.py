@@ -190,6 +190,22 @@ def test_single_seed_has_no_std(tmp_path: Path):
     assert math.isnan(summary.loc["EA-SDPO", "hr@1_std"])
 
 
+def test_counts_print_without_decimals(tmp_path: Path):
+    """Token and reply counts are whole numbers: no ".0000" after them; rates keep 4 digits."""
+    root = tmp_path / "sweep"
+    for seed, tokens in ((0, 1200), (1, 1301)):
+        metrics = preference_metrics("sdpo", None, 0.5, seed)
+        metrics["eval"]["sdpo"]["test"].update(valid_ratio=1.0, prompt_tokens=tokens)
+        write_job(root, seed, ["loss=sdpo", f"seed={seed}"], config("sdpo", "fixed", seed, None),
+                  metrics)
+    df, _ = collect_jobs(root)
+    row = summarize(df).set_index("method").loc["S-DPO"]
+    assert row["prompt_tokens"] == "1250.5 ± 71.4"
+    assert row["valid_ratio"] == "1.0000 ± 0.0000"
+    single = summarize(df[df["seed"] == 0]).set_index("method").loc["S-DPO"]
+    assert single["prompt_tokens"] == "1200"
+
+
 def test_rows_are_read_from_provenance(tmp_path: Path):
     """metrics.json's provenance names each row's method and artifacts: the report reads it
     rather than the label or config, an axis splits only the rows whose artifacts read it,

@@ -78,11 +78,21 @@ def summarize(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             row[f"{m}_gain"] = math.nan
         rows.append(row)
     _add_gains(rows, axes, metrics)
+    counts = {m for m in metrics if is_count(per_seed[m])}
     for row in rows:
         for m in metrics:
-            row[m] = format_value(row[f"{m}_mean"], row[f"{m}_std"])
+            digits = 1 if m in counts else 4
+            if m in counts and float(row[f"{m}_mean"]).is_integer():
+                digits = 0
+            row[m] = format_value(row[f"{m}_mean"], row[f"{m}_std"], digits=digits)
     rows.sort(key=lambda r: (method_rank(r["method"]), *(sort_value(r[a]) for a in axes)))
     return pd.DataFrame(rows, columns=columns)
+
+
+def is_count(values: pd.Series) -> bool:
+    """Whole numbers above 1 (tokens, replies): printed without decimals, unlike rates."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(values)) and bool((values == values.round()).all()) and values.max() > 1
 
 
 def _format_n(values: pd.Series) -> Any:
