@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -30,7 +31,7 @@ def main(paths: list[str], cache_dir: str = ".cache/data", subset_seed: int = 0)
     rng = np.random.default_rng(0)  # breaks popularity ties
     for path in paths:
         split = "valid" if path.endswith("_valid.jsonl") else "test"
-        rows = [json.loads(line) for line in open(path)]
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         data = samples.splits[split]
         data = data.select(subset_indices(len(data), len(rows), subset_seed))
         hits, pop_hits, agree, pop_rank, rho_pop, rho_len = [], [], [], [], [], []
