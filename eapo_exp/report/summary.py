@@ -90,7 +90,7 @@ def summarize(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def is_count(values: pd.Series) -> bool:
-    """Whole numbers above 1 (tokens, replies): printed without decimals, unlike rates."""
+    """Whole numbers above 1 (tokens, replies): their means print with 0-1 decimals, not 4."""
     values = pd.to_numeric(values, errors="coerce").dropna()
     return bool(len(values)) and bool((values == values.round()).all()) and values.max() > 1
 
