@@ -259,3 +259,19 @@ def test_a_method_whose_base_is_sft_is_compared_with_it_once():
     assert _references("LLaRA") == ["SFT"]
     assert _references("EAPO") == ["DPO", "SFT"]
     assert _references("SFT") == []
+
+
+def test_preference_runs_on_hybrid_items_are_compared_with_their_llara_sft(tmp_path: Path):
+    """With prompt.item_repr=hybrid the SFT model is labelled LLaRA; with no SFT row in the
+    sweep, it is the SFT-stage reference of DPO and EAPO (and never of itself)."""
+    rng = np.random.default_rng(11)
+    llara, dpo, eapo = (ranks_with_hr1(rate, rng) for rate in (0.1, 0.1, 0.5))
+    root = tmp_path / "sweep"
+    write_predictions_job(root, 0, "dpo", 0, {"llara": llara, "dpo": dpo})
+    write_predictions_job(root, 1, "eapo", 0, {"llara": llara, "eapo": eapo})
+    table = build_report(root)["stats"].comparisons
+    assert comparison(table, "EAPO", "LLaRA")["verdict"] == "better"
+    assert comparison(table, "EAPO", "DPO")["verdict"] == "better"
+    assert comparison(table, "DPO", "LLaRA")["ci_low"] < 0.0
+    assert set(table["reference"]) == {"DPO", "LLaRA"}
+    assert not (table["method"] == "LLaRA").any()

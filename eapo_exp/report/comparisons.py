@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eapo_exp.methods import METHODS
 from eapo_exp.report import stats
 from eapo_exp.report.grouping import (
     BASES,
@@ -38,13 +39,18 @@ from eapo_exp.report.summary import find_reference, format_value
 
 log = logging.getLogger(__name__)
 
+# The SFT model a preference method starts from is labelled LLaRA when its prompts carry
+# hybrid items (prompt.item_repr=hybrid); a sweep without an SFT row compares with that one.
+SFT_STAGE_ROWS = (REFERENCE_DISPLAY, METHODS["llara"].display)
+
 # Row kinds whose evaluation writes per-sample predictions (experts and popularity do not).
 PREDICTED_KINDS = ("zero_shot", "chatrec", "sft", "preference")
 INTERVAL_COLUMNS = ("split", "method", "metric", "mean", "ci_low", "ci_high", "n", "seeds")
 COMPARISON_COLUMNS = ("split", "method", "reference", "metric", "difference", "ci_low",
                       "ci_high", "mcnemar_p", "verdict", "n", "seeds")
 METHODS_NOTE = (
-    "Paired comparisons: difference = method − reference (its base, and SFT) on the same "
+    "Paired comparisons: difference = method − reference (its base, and SFT, or LLaRA on "
+    "hybrid item prompts) on the same "
     "evaluated samples, seed by seed, pooled over seeds; 95% CI from a paired bootstrap over "
     f"samples ({stats.N_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}); McNemar p: exact "
     "two-sided test on the HR@1 discordant pairs. Verdict: better / worse when the CI "
@@ -211,6 +217,18 @@ def _references(method: str) -> list[str]:
     return names
 
 
+def _find_sft_or(row: dict, candidates: list[dict], axes: list[str], name: str) -> dict | None:
+    """The `name` row; for SFT, the first SFT-stage row present other than the method itself."""
+    names = SFT_STAGE_ROWS if name == REFERENCE_DISPLAY else (name,)
+    for option in names:
+        if option == row["method"]:
+            continue
+        found = find_reference(row, candidates, axes, option)
+        if found is not None:
+            return found
+    return None
+
+
 def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
                        n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
     """Every method against its base and against SFT, on the same split and axis values
@@ -222,9 +240,10 @@ def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
     for candidates in rows_by_split.values():
         for row in candidates:
             for name in _references(row["method"]):
-                found = find_reference(row, candidates, axes, name)
+                found = _find_sft_or(row, candidates, axes, name)
                 if found is None:
                     continue
+                name = found["method"]
                 for result in compare(groups[row["_key"]], groups[found["_key"]], n_resamples):
                     rows.append({**_key_columns(row["_key"], axes), "reference": name,
                                  **result})
