@@ -207,6 +207,10 @@ class PromptConfig:
     # projected into the LM by a 2-layer MLP trained with LoRA during SFT.
     item_repr: str = "title"
     curriculum: HybridCurriculumConfig = field(default_factory=lambda: HybridCurriculumConfig())
+    # hybrid only: the expert whose item embeddings fill the slots is `expert` trained on this
+    # share of the training interactions; null: the β schedule's expert (expert.data_fraction).
+    # Fixing it at 1.0 keeps one SFT model across an expert-quality sweep (Fig. 2c).
+    item_expert_data_fraction: float | None = None
 
 
 @dataclass

@@ -97,6 +97,10 @@ def validate_prompt(prompt_cfg: DictConfig) -> None:
         raise ConfigError(f"prompt.item_repr must be one of {', '.join(ITEM_REPRS)}; "
                           f"got {prompt_cfg.item_repr!r}")
     HybridCurriculum(**prompt_cfg.curriculum)  # range checks
+    fraction = prompt_cfg.item_expert_data_fraction
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"prompt.item_expert_data_fraction must be in (0, 1] or null; "
+                          f"got {fraction!r}")
 
 
 def validate_chatrec(chatrec_cfg: DictConfig) -> None:

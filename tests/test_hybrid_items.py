@@ -166,3 +166,24 @@ def test_llara_sft_then_eapo_on_it_in_every_eval_mode(fast_config, tmp_path):
         result = run("method=llara", f"eval={mode}", "eval.max_samples=6", "eval.splits=[test]",
                      out=tmp_path / mode)
         assert result["eval"]["llara"]["test"]["n"] == 6
+
+
+def test_item_expert_can_stay_fixed_while_the_beta_expert_changes(fast_config):
+    """prompt.item_expert_data_fraction pins the expert behind the hybrid slots, so an
+    expert-quality sweep (expert.data_fraction) keeps one SFT model; null follows `expert`."""
+    from types import SimpleNamespace
+
+    from eapo_exp.stages.sft_stage import sft_spec
+    from eapo_exp.validation import validate_prompt
+
+    samples = SimpleNamespace(fingerprint="samples")
+
+    def spec(*overrides):
+        return sft_spec(fast_config("method=llara", *overrides), samples)
+
+    full = spec()
+    assert spec("expert.data_fraction=0.5", "prompt.item_expert_data_fraction=1.0") == full
+    assert spec("expert.data_fraction=0.5") != full
+    assert spec("prompt.item_expert_data_fraction=0.5") == spec("expert.data_fraction=0.5")
+    with pytest.raises(ConfigError, match="prompt.item_expert_data_fraction"):
+        validate_prompt(fast_config("method=llara", "prompt.item_expert_data_fraction=1.5").prompt)

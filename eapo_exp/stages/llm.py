@@ -89,8 +89,9 @@ def check_item_repr(model, builder: PromptBuilder, adapter) -> None:
 
 def prompt_spec(prompt_cfg: DictConfig) -> dict:
     """What a prompt config changes in an artifact: the hybrid-only keys count only when
-    items are hybrid."""
+    items are hybrid; the item expert counts through the SFT spec's expert."""
     spec = OmegaConf.to_container(prompt_cfg, resolve=True)
+    spec.pop("item_expert_data_fraction", None)
     if spec.get("item_repr", "title") == "title":
         spec.pop("item_repr", None)
         spec.pop("curriculum", None)

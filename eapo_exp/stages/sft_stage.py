@@ -45,14 +45,26 @@ def sft_spec(cfg: DictConfig, samples: SampleSet) -> dict:
             "backbone": backbone_spec(cfg.backbone), "prompt": prompt_spec(cfg.prompt),
             "sft": OmegaConf.to_container(cfg.train.sft, resolve=True)}
     if hybrid(cfg):  # the projector reads the expert's item embeddings
-        spec["expert"] = expert_spec(cfg.expert, samples)
+        spec["expert"] = expert_spec(item_expert_config(cfg), samples)
     return spec
+
+
+def item_expert_config(cfg: DictConfig) -> DictConfig:
+    """The expert whose item embeddings fill the hybrid slots: `expert`, trained on
+    prompt.item_expert_data_fraction of the training data when that is set."""
+    fraction = cfg.prompt.get("item_expert_data_fraction")
+    if fraction is None:
+        return cfg.expert
+    expert_cfg = cfg.expert.copy()
+    expert_cfg.data_fraction = fraction
+    return expert_cfg
 
 
 def expert_item_table(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
                       runtime: Runtime):
     """The trained expert's item embeddings [num_items + 1, d] (LLaRA's item tokens)."""
-    expert, _ = prepare_expert(cfg.expert, samples, cache, cfg.dataset.history_len, runtime)
+    expert, _ = prepare_expert(item_expert_config(cfg), samples, cache,
+                               cfg.dataset.history_len, runtime)
     return expert.item_embedding.weight.detach().cpu()
 
 
