@@ -9,17 +9,20 @@ sized prompts of 330-350 tokens:
   against fixed reference log-probs, forward + backward;
 - score: the 4 prompts x 21 candidate titles, forward only, no grad (score-mode evaluation,
   eval.batch_size=4).
-Variants, each in its own process: `eager` (sdpa attention, PEFT's float32 LoRA branch: the
-path before the fused kernels), `fast` (attention `auto` = grouped_bmm on a CPU, sdpa on a
-GPU; LoRA in the model dtype: the default), `compiled` (fast + torch.compile of the decoder
-layers; its first call, which compiles, is reported apart).
+Variants: `eager` (sdpa attention, PEFT's float32 LoRA branch: the path before the fused
+kernels), `fast` (attention `auto` = grouped_bmm on a CPU, sdpa on a GPU; LoRA in the model
+dtype: the default), `compiled` (fast + torch.compile of the decoder layers; its first call,
+which compiles, is reported apart). All variants live in one process and take turns, round
+by round, each round after a fresh matmul-peak probe: on a shared host the speed of the
+same step drifts by 2x within minutes (measured on a 2-core AMX VM), and variants timed one
+after the other in separate processes would compare different machines.
 
 Useful FLOPs: 4*N*T for a LoRA training step (forward 2NT + the backward's input gradients
 2NT; frozen weights get no weight gradient), 2*N*T forward only, N = the decoder layers'
 weights (every token passes through them; the head runs on a few rows), T = real tokens
 (each prompt once plus every completion). The peak is a bf16 matmul of the model's own
-shapes (tokens x 576 @ 576 x 1536, and 576 x 576) measured in the same run; each step's
-TFLOP/s is given as a share of it. On a GPU the same figure is its MFU against the measured
+shapes (tokens x 576 @ 576 x 1536, and 576 x 576) probed before every round; each step's
+TFLOP/s is given as a share of the probe just before it. On a GPU the same figure is its MFU against the measured
 matmul peak.
 
     python -m bench throughput
@@ -28,7 +31,6 @@ matmul peak.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import statistics
 import time
@@ -40,7 +42,7 @@ PROMPTS = 4
 PROMPT_TOKENS = (330, 350)
 TITLE_TOKENS = (12, 16)
 CANDIDATES = 21
-REPEATS = int(os.environ.get("EAPO_BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("EAPO_BENCH_REPEATS", "5"))
 VARIANTS = {
     "eager": {"attn": "sdpa", "lora": "float32", "compile": False},
     "fast": {"attn": "auto", "lora": "model", "compile": False},
@@ -58,29 +60,32 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        started = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def timed_once(fn) -> float:
+    synchronize()
+    started = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - started
 
 
 def matmul_peak(dtype: torch.dtype, tokens: int = PROMPTS * 360) -> tuple[float, str]:
-    """Best TFLOP/s of the model's own matmul shapes in `dtype`, and which shape gave it."""
+    """Best TFLOP/s of the model's own matmul shapes in `dtype`, and which shape gave it.
+
+    Each shape runs ~0.3 s before it is timed: a CPU's matrix units (AMX) and a GPU's clocks
+    need that long to reach their sustained rate, and a short probe reads a fraction of it."""
     dev = device()
     best, best_shape = 0.0, ""
     for inner, outer in ((576, 1536), (1536, 576), (576, 576)):
         x = torch.randn(tokens, inner, dtype=dtype, device=dev)
         w = torch.randn(outer, inner, dtype=dtype, device=dev)
+
         def project(x=x, w=w):
             return torch.nn.functional.linear(x, w)
 
-        timed(project, 3)
-        seconds = timed(project, 20)
+        warm_until = time.perf_counter() + 0.3
+        while time.perf_counter() < warm_until:
+            timed_once(project)
+        seconds = statistics.median(timed_once(project) for _ in range(20))
         tflops = 2 * tokens * inner * outer / seconds / 1e12
         if tflops > best:
             best, best_shape = tflops, f"{tokens}x{inner} @ {inner}x{outer}"
@@ -172,25 +177,40 @@ def workloads(model, prompts, titles):
     }
 
 
-def run_variant(name: str, queue) -> None:
-    if os.environ.get("EAPO_BENCH_THREADS"):
-        torch.set_num_threads(int(os.environ["EAPO_BENCH_THREADS"]))
-    torch.manual_seed(0)
-    model = build(VARIANTS[name])
-    weights = decoder_weights(model)
+def measure(names: list[str], rounds: int) -> tuple[dict, list[float], str]:
+    """Every variant's model in this one process; each workload's rounds run the variants
+    one after the other (in a rotating order) right after a matmul-peak probe, so a drift of
+    the machine's speed (shared hosts, clocks) hits all variants of a round alike. Returns
+    {variant: {workload: per-round seconds, first call, tokens, FLOPs}}, the probes' peaks
+    and the best probe's shape."""
+    from eapo_exp.backbones.dtype import resolve_dtype
+
+    dtype = resolve_dtype("auto")
     prompts, titles = make_inputs()
-    results = {}
-    for workload, (fn, tokens, factor) in workloads(model, prompts, titles).items():
-        synchronize()
-        started = time.perf_counter()
-        fn()  # warm-up; with compile, the compilation
-        synchronize()
-        first = time.perf_counter() - started
-        seconds = timed(fn, REPEATS)
-        results[workload] = {"seconds": seconds, "first_s": first,
-                             "tflops": factor * weights * tokens / seconds / 1e12,
-                             "tokens": tokens}
-    queue.put((name, results))
+    models, runs = {}, {}
+    for name in names:
+        torch.manual_seed(0)  # the same weights in every variant
+        models[name] = build(VARIANTS[name])
+        runs[name] = workloads(models[name], prompts, titles)
+    weights = decoder_weights(models[names[0]])
+    results = {name: {} for name in names}
+    peaks, shape = [], ""
+    for workload in WORKLOADS:
+        for name in names:
+            fn, tokens, factor = runs[name][workload]
+            results[name][workload] = {"first_s": timed_once(fn),  # with compile: compiling
+                                       "seconds": [], "flops": factor * weights * tokens,
+                                       "tokens": tokens}
+        for round_ in range(rounds):
+            peak, shape = matmul_peak(dtype)
+            peaks.append(peak)
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            for name in order:
+                seconds = timed_once(runs[name][workload][0])
+                results[name][workload]["seconds"].append(seconds)
+                results[name][workload].setdefault("share", []).append(
+                    results[name][workload]["flops"] / seconds / 1e12 / peak)
+    return results, peaks, shape
 
 
 def main() -> dict:
@@ -203,32 +223,35 @@ def main() -> dict:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"EAPO_BENCH_VARIANTS: unknown {unknown}; choose from {list(VARIANTS)}")
+    if REPEATS < 1:
+        raise SystemExit(f"EAPO_BENCH_REPEATS={REPEATS}: need at least one round")
     dtype = resolve_dtype("auto")
-    peak, shape = matmul_peak(dtype)
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    results, peaks, shape = measure(names, REPEATS)
+    peak = statistics.median(peaks)
     print(f"{where}, torch threads {torch.get_num_threads()}, {str(dtype)[6:]}: matmul peak "
-          f"{peak:.3f} TFLOP/s ({shape}); {PROMPTS} prompts of {PROMPT_TOKENS[0]}-"
+          f"{peak:.3f} TFLOP/s ({shape}; median of {len(peaks)} probes, range "
+          f"{min(peaks):.3f}-{max(peaks):.3f}); {PROMPTS} prompts of {PROMPT_TOKENS[0]}-"
           f"{PROMPT_TOKENS[1]} tokens, titles of {TITLE_TOKENS[0] + 1}-{TITLE_TOKENS[1] + 1}; "
-          f"median of {REPEATS}")
-    ctx = multiprocessing.get_context("spawn")
-    results = {}
-    for name in names:
-        queue = ctx.Queue()
-        process = ctx.Process(target=run_variant, args=(name, queue))
-        process.start()
-        variant, measured = queue.get()
-        process.join()
-        results[variant] = measured
+          f"medians of {REPEATS} interleaved rounds")
+    print("of peak: the step's TFLOP/s over the probe taken just before it; vs eager: the "
+          "median of the rounds' ratios")
     base = results.get("eager")
     print(f"{'workload':16s} {'variant':9s} {'s/step':>7s} {'TFLOP/s':>8s} {'of peak':>8s} "
           f"{'vs eager':>8s} {'first call s':>12s}")
     for workload in WORKLOADS:
         for name in names:
             r = results[name][workload]
-            ratio = (f"{base[workload]['seconds'] / r['seconds']:.2f}x" if base else "-")
-            print(f"{workload:16s} {name:9s} {r['seconds']:7.2f} {r['tflops']:8.3f} "
-                  f"{100 * r['tflops'] / peak:7.1f}% {ratio:>8s} {r['first_s']:12.1f}")
-    return {"peak_tflops": peak, "results": results}
+            seconds = statistics.median(r["seconds"])
+            ratio = "-"
+            if base:
+                pairs = zip(base[workload]["seconds"], r["seconds"])
+                ratio = f"{statistics.median(e / v for e, v in pairs):.2f}x"
+            r.update(median_s=seconds, tflops=r["flops"] / seconds / 1e12,
+                     share_of_peak=statistics.median(r["share"]))
+            print(f"{workload:16s} {name:9s} {seconds:7.2f} {r['tflops']:8.3f} "
+                  f"{100 * r['share_of_peak']:7.1f}% {ratio:>8s} {r['first_s']:12.1f}")
+    return {"peak_tflops": peak, "peaks": peaks, "results": results}
 
 
 if __name__ == "__main__":

@@ -275,3 +275,42 @@ def test_preference_runs_on_hybrid_items_are_compared_with_their_llara_sft(tmp_p
     assert comparison(table, "DPO", "LLaRA")["ci_low"] < 0.0
     assert set(table["reference"]) == {"DPO", "LLaRA"}
     assert not (table["method"] == "LLaRA").any()
+
+
+def test_extra_pairs_compare_any_two_methods_of_a_sweep(tmp_path: Path, capsys):
+    """--pair adds a comparison beyond base and SFT (here EAPO against β-DPO, whose true
+    HR@1 differ by 0.30), listed between the base and SFT; the reverse is not added."""
+    rng = np.random.default_rng(5)
+    sft, dpo, eapo, beta = (ranks_with_hr1(rate, rng) for rate in (0.3, 0.3, 0.6, 0.3))
+    root = tmp_path / "sweep"
+    write_predictions_job(root, 0, "dpo", 0, {"sft": sft, "dpo": dpo})
+    write_predictions_job(root, 1, "eapo", 0, {"sft": sft, "eapo": eapo})
+    write_predictions_job(root, 2, "beta_dpo", 0, {"sft": sft, "beta_dpo": beta})
+    table = build_report(root, pairs=[("EAPO", "β-DPO")])["stats"].comparisons
+    found = comparison(table, "EAPO", "β-DPO")
+    assert found["verdict"] == "better" and found["ci_low"] < 0.3 < found["ci_high"]
+    assert not ((table["method"] == "β-DPO") & (table["reference"] == "EAPO")).any()
+    eapo_refs = table[(table["method"] == "EAPO") & (table["metric"] == "hr@1")]["reference"]
+    assert list(eapo_refs) == ["DPO", "β-DPO", "SFT"]
+    plain = build_report(root, out_dir=tmp_path / "plain")["stats"].comparisons
+    assert set(plain["reference"]) == {"DPO", "SFT"}
+
+    assert main([str(root), "--no-plots", "--pair", "EAPO:β-DPO"]) == 0
+    assert "| EAPO | β-DPO | hr@1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pair", ["EAPO", "EAPO:", ":DPO", "EAPO:EAPO", "A:B:C"])
+def test_a_malformed_pair_is_refused_with_its_text(two_methods: Path, capsys, pair: str):
+    assert main([str(two_methods), "--no-plots", "--pair", pair]) == 2
+    assert repr(pair) in capsys.readouterr().err
+    assert not (two_methods / "report").exists()
+
+
+def test_the_sweep_callback_passes_its_pairs_and_refuses_bad_ones(two_methods: Path):
+    from eapo_exp.report.callback import SweepReport
+
+    with pytest.raises(ValueError, match=r"hydra.callbacks.sweep_report.pairs: pair 'DPO'"):
+        SweepReport(pairs=["DPO"])
+    SweepReport(plots=False, pairs=["DPO:EAPO"]).write_report(two_methods)
+    table = pd.read_csv(two_methods / "report" / "comparisons.csv")
+    assert comparison(table, "DPO", "EAPO")["verdict"] == "worse"

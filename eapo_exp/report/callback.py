@@ -2,7 +2,8 @@
 non-zero when any of the sweep's jobs failed.
 
 Enabled in conf/config.yaml; `hydra.callbacks.sweep_report.enabled=false` turns the report
-off (the exit status still counts failed jobs). A failing report never fails the sweep: the
+off (the exit status still counts failed jobs); `pairs` (METHOD:REFERENCE strings) adds
+paired comparisons beyond each method's base and SFT, as `eapo-report --pair` does. A failing report never fails the sweep: the
 jobs' results are already on disk and `eapo-report <sweep dir>` can be rerun by hand.
 """
 
@@ -25,10 +26,18 @@ EXIT_JOBS_FAILED = 1
 
 
 class SweepReport(Callback):
-    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = False) -> None:
+    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = False,
+                 pairs: list[str] | None = None) -> None:
+        from eapo_exp.report.comparisons import parse_pairs
+
         self.enabled = bool(enabled)
         self.plots = bool(plots)
         self.wandb = bool(wandb)
+        try:
+            parse_pairs(pairs)
+        except ValueError as error:
+            raise ValueError(f"hydra.callbacks.sweep_report.pairs: {error}") from None
+        self.pairs = [str(pair) for pair in pairs or ()]
         self.started: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -54,7 +63,8 @@ class SweepReport(Callback):
         from eapo_exp.report.cli import main
 
         argv = [str(sweep_dir), *([] if self.plots else ["--no-plots"]),
-                *(["--wandb"] if self.wandb else [])]
+                *(["--wandb"] if self.wandb else []),
+                *(arg for pair in self.pairs for arg in ("--pair", pair))]
         try:
             status = main(argv)
         except Exception as error:  # noqa: BLE001 - the sweep's results are already saved

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from eapo_exp.report.comparisons import parse_pairs
 from eapo_exp.report.jobs import REPORT_DIRNAME, find_job_dirs
 from eapo_exp.report.sweep import build_report
 
@@ -34,6 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also log the summary and plots to a W&B run (needs an API key, "
                              "or WANDB_MODE=offline to save it for `wandb sync`)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    parser.add_argument("--pair", action="append", default=[], metavar="METHOD:REFERENCE",
+                        help="also compare METHOD with REFERENCE, paired (names as the report "
+                             "prints them, e.g. --pair EAPO:S-DPO --pair S-DPO:DPO); each "
+                             "method is always compared with its base and SFT")
     return parser.parse_args(argv)
 
 
@@ -103,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"{sweep_dir} is not a directory")
     if not find_job_dirs(sweep_dir):
         return _error(f"no job directories (with .hydra/ or metrics.json) under {sweep_dir}")
-    result = build_report(sweep_dir, args.out, split=args.split)
+    try:
+        pairs = parse_pairs(args.pair)
+    except ValueError as error:
+        return _error(f"--pair: {error}")
+    result = build_report(sweep_dir, args.out, split=args.split, pairs=pairs)
     plots: list[Path] = []
     if not args.no_plots:
         from eapo_exp.report.plots import make_plots

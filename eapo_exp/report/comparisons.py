@@ -1,6 +1,7 @@
 """Per-sample statistics of a sweep: 95% intervals of each method's metrics, and paired
-comparisons of each method with its base in eapo_exp.methods (EAPO/DPO, EA-X/X, β-X/X) and
-with SFT.
+comparisons of each method with its base in eapo_exp.methods (EAPO/DPO, EA-X/X, β-X/X),
+with SFT, and with any reference asked for as an extra pair (e.g. S-DPO against DPO, for a
+paper's ordering of methods).
 
 Reads the predictions_<label>_<split>.jsonl every job writes (one row per evaluated sample:
 index, user, target, target_rank, ...), groups them the way summarize() groups
@@ -209,9 +210,26 @@ def compare(method: dict[Any, pd.DataFrame], reference: dict[Any, pd.DataFrame],
     return rows
 
 
-def _references(method: str) -> list[str]:
-    """Its base, then SFT (once: LLaRA's base is SFT)."""
+def parse_pairs(pairs) -> list[tuple[str, str]]:
+    """["EAPO:S-DPO", ...] -> [("EAPO", "S-DPO"), ...]: method and reference as the report
+    names them. Raises ValueError naming the malformed entry."""
+    parsed = []
+    for pair in pairs or ():
+        method, sep, reference = str(pair).partition(":")
+        method, reference = method.strip(), reference.strip()
+        if not sep or not method or not reference or ":" in reference:
+            raise ValueError(f"pair {pair!r}: expected METHOD:REFERENCE as the report names "
+                             "them, e.g. EAPO:S-DPO")
+        if method == reference:
+            raise ValueError(f"pair {pair!r}: a method cannot be compared with itself")
+        parsed.append((method, reference))
+    return parsed
+
+
+def _references(method: str, extra_pairs: list[tuple[str, str]] = ()) -> list[str]:
+    """Its base, the extra references asked for, then SFT (once: LLaRA's base is SFT)."""
     names = [BASES[method]] if method in BASES else []
+    names += [ref for name, ref in extra_pairs if name == method and ref not in names]
     if REFERENCE_DISPLAY not in names and method != REFERENCE_DISPLAY:
         names.append(REFERENCE_DISPLAY)
     return names
@@ -230,16 +248,24 @@ def _find_sft_or(row: dict, candidates: list[dict], axes: list[str], name: str) 
 
 
 def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
-                       n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
-    """Every method against its base and against SFT, on the same split and axis values
-    (a reference without an axis, e.g. DPO in a U_β sweep, serves every value)."""
+                       n_resamples: int = stats.N_RESAMPLES,
+                       extra_pairs: list[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Every method against its base, the references `extra_pairs` give it, and SFT, on the
+    same split and axis values (a reference without an axis, e.g. DPO in a U_β sweep,
+    serves every value). A pair whose method or reference the sweep lacks is logged."""
     rows_by_split: dict[str, list[dict]] = defaultdict(list)
     for key in groups:
         rows_by_split[key[0]].append({**_key_columns(key, axes), "_key": key})
+    present = {key[1] for key in groups}
+    for method, reference in extra_pairs:
+        absent = [name for name in (method, reference) if name not in present]
+        if absent:
+            log.warning("pair %s:%s: no predictions of %s in this sweep (methods: %s)",
+                        method, reference, " or ".join(absent), ", ".join(sorted(present)))
     rows = []
     for candidates in rows_by_split.values():
         for row in candidates:
-            for name in _references(row["method"]):
+            for name in _references(row["method"], extra_pairs):
                 found = _find_sft_or(row, candidates, axes, name)
                 if found is None:
                     continue
@@ -252,23 +278,31 @@ def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
 
 def _ordered(rows: list[dict], columns: tuple[str, ...], axes: list[str]) -> pd.DataFrame:
     """Frame in report order: axes after method; rows by split, method rank, axes, base
-    before SFT, metric."""
+    first, SFT last, metric."""
+    def reference_rank(row: dict) -> tuple:
+        reference = row.get("reference")
+        if reference is None or reference == BASES.get(row["method"]):
+            return (0, "")
+        return (2, "") if reference in SFT_STAGE_ROWS else (1, *method_rank(reference))
+
     def rank(row: dict) -> tuple:
         return (row["split"], method_rank(row["method"]),
                 *(sort_value(row[a]) for a in axes),
-                row.get("reference") == REFERENCE_DISPLAY, stats.METRICS.index(row["metric"]))
+                reference_rank(row), stats.METRICS.index(row["metric"]))
 
     return pd.DataFrame(sorted(rows, key=rank), columns=[*columns[:2], *axes, *columns[2:]])
 
 
 def sweep_statistics(jobs: list[JobRecord], df: pd.DataFrame,
-                     n_resamples: int = stats.N_RESAMPLES) -> SweepStatistics:
+                     n_resamples: int = stats.N_RESAMPLES,
+                     extra_pairs: list[tuple[str, str]] = ()) -> SweepStatistics:
     """Intervals and comparisons for every split of the sweep that has predictions."""
     axes, groups = group_samples(jobs, df)
     if not groups:
         return SweepStatistics.empty(axes)
     return SweepStatistics(axes=axes, intervals=method_intervals(groups, axes, n_resamples),
-                           comparisons=method_comparisons(groups, axes, n_resamples))
+                           comparisons=method_comparisons(groups, axes, n_resamples,
+                                                          extra_pairs))
 
 
 def with_intervals(summary: pd.DataFrame, intervals: pd.DataFrame,

@@ -15,9 +15,10 @@ from eapo_exp.report.summary import summarize_all
 
 
 def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 split: str = "test") -> dict:
+                 split: str = "test", pairs: list[tuple[str, str]] = ()) -> dict:
     """Collect, summarize and write report.csv, summary.csv, summary.md and comparisons.csv
-    (paired comparisons; empty without per-sample predictions).
+    (paired comparisons; empty without per-sample predictions). `pairs`: (method,
+    reference) comparisons to add to each method's base and SFT (comparisons.parse_pairs).
 
     Returns {"df", "summary" (all splits, with 95% intervals where predictions exist),
     "stats" (comparisons.SweepStatistics), "problems", "jobs", "markdown", "files",
@@ -28,7 +29,7 @@ def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     out.mkdir(parents=True, exist_ok=True)
     jobs = scan_jobs(root)
     df, problems = rows_from_jobs(jobs)
-    stats = sweep_statistics(jobs, df)
+    stats = sweep_statistics(jobs, df, extra_pairs=pairs)
     summary = with_intervals(summarize_all(df), stats.intervals, stats.axes)
     markdown = render_markdown(root, df, summary, problems, jobs, split, stats)
     files = [out / "report.csv", out / "summary.csv", out / "summary.md",
