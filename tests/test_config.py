@@ -93,3 +93,26 @@ def test_paper_experiments_run_three_seeds_at_paper_size(experiment):
 
 def test_u_beta_sweeps_the_upper_bound():
     assert "beta_schedule.u_beta" in composed("experiment=u_beta").hydra.sweeper.params
+
+
+def test_cpu_long_scores_the_sft_model_its_preference_methods_start_from():
+    """The sweep's SFT-stage row (LLaRA) must train the same SFT model as DPO, S-DPO and EAPO
+    (same backbone, prompt, SFT and item-expert settings), or the "vs SFT" line compares
+    with a different model."""
+    from eapo_exp.stages.llm import backbone_spec, prompt_spec
+    from eapo_exp.stages.sft_stage import item_expert_config
+
+    params = composed("experiment=cpu_long").hydra.sweeper.params
+    methods = sweep_values("method", params.method)
+    assert "llara" in methods
+
+    def sft_inputs(method: str) -> tuple:
+        cfg = compose_with(["experiment=cpu_long", f"method={method}"])
+        return (backbone_spec(cfg.backbone), prompt_spec(cfg.prompt),
+                OmegaConf.to_container(cfg.train.sft, resolve=True),
+                OmegaConf.to_container(item_expert_config(cfg), resolve=True))
+
+    starting_point = sft_inputs("llara")
+    for method in methods:
+        assert sft_inputs(method) == starting_point, method
+    assert compose_with(["experiment=cpu_long", "method=llara"]).stage == "sft"
