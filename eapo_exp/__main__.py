@@ -33,6 +33,10 @@ def main() -> None:
     try:
         run()
     except KeyboardInterrupt:
+        # CPython (3.11) marks a KeyboardInterrupt that escaped any exec() of a string (a lazy
+        # import that builds dataclasses, say) as unhandled and then ends the process by SIGINT
+        # whatever sys.exit says; a clean exec() clears that mark.
+        exec("None")  # noqa: S102 - a constant string
         print(f"eapo-exp: interrupted; resume with: {rerun_command()}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
 

@@ -224,11 +224,16 @@ def test_bad_config_is_one_line_error_at_startup(tmp_path, overrides, needle):
 
 
 def test_failed_wandb_run_carries_the_error(tmp_path, monkeypatch):
+    import wandb
+
     from eapo_exp.tracking import RunTracker
 
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     tracker = RunTracker(tmp_path, backend="wandb", mode="offline", name="failing-job")
     tracker.finish(failed=True, error="DataError: no-such-file-7f3a.inter is missing")
+    # finish() returns before W&B's service process has flushed the run file; the service
+    # writes everything before it shuts down.
+    wandb.teardown()
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and b"no-such-file-7f3a.inter is missing" in runs[0].read_bytes()
