@@ -11,8 +11,9 @@ sized prompts of 330-350 tokens:
   eval.batch_size=4).
 Variants: `eager` (sdpa attention, PEFT's float32 LoRA branch: the path before the fused
 kernels), `fast` (attention `auto` = grouped_bmm on a CPU, sdpa on a GPU; LoRA in the model
-dtype: the default), `compiled` (fast + torch.compile of the decoder layers; its first call,
-which compiles, is reported apart). All variants live in one process and take turns, round
+dtype; scoring with the adapter merged into the weights, eval.merge_lora: the default),
+`compiled` (fast + torch.compile of the decoder layers; its first call, which compiles, is
+reported apart). All variants live in one process and take turns, round
 by round, each round after a fresh matmul-peak probe: on a shared host the speed of the
 same step drifts by 2x within minutes (measured on a 2-core AMX VM), and variants timed one
 after the other in separate processes would compare different machines.
@@ -44,9 +45,9 @@ TITLE_TOKENS = (12, 16)
 CANDIDATES = 21
 REPEATS = int(os.environ.get("EAPO_BENCH_REPEATS", "5"))
 VARIANTS = {
-    "eager": {"attn": "sdpa", "lora": "float32", "compile": False},
-    "fast": {"attn": "auto", "lora": "model", "compile": False},
-    "compiled": {"attn": "auto", "lora": "model", "compile": True},
+    "eager": {"attn": "sdpa", "lora": "float32", "compile": False, "merge": False},
+    "fast": {"attn": "auto", "lora": "model", "compile": False, "merge": True},
+    "compiled": {"attn": "auto", "lora": "model", "compile": True, "merge": True},
 }
 WORKLOADS = ("sft", "preference K=1", "preference K=3", "score")
 
@@ -128,8 +129,9 @@ def make_inputs(seed: int = 0):
     return prompts, titles
 
 
-def workloads(model, prompts, titles):
-    """name -> (callable, real tokens, FLOPs factor: 4 training, 2 forward only)."""
+def workloads(model, prompts, titles, score_model=None):
+    """name -> (callable, real tokens, FLOPs factor: 4 training, 2 forward only).
+    score_model: the model that scores (a merged copy), `model` when None."""
     from eapo_exp.losses import DPOLoss, PreferenceLogps
     from eapo_exp.losses.sft import response_nll
     from eapo_exp.training.sft import pad_left
@@ -161,10 +163,12 @@ def workloads(model, prompts, titles):
             DPOLoss()(batch, torch.full((PROMPTS, k), 0.1, device=dev)).loss.backward()
         return step
 
+    scorer = model if score_model is None else score_model
+
     def score():
-        model.eval()
+        scorer.eval()
         with torch.no_grad():
-            completion_logprobs(model, prompts, titles, pad)
+            completion_logprobs(scorer, prompts, titles, pad)
 
     def tokens(k: int):
         return sum(len(p) + sum(len(t) for t in ts[:k]) for p, ts in zip(prompts, titles))
@@ -191,7 +195,13 @@ def measure(names: list[str], rounds: int) -> tuple[dict, list[float], str]:
     for name in names:
         torch.manual_seed(0)  # the same weights in every variant
         models[name] = build(VARIANTS[name])
-        runs[name] = workloads(models[name], prompts, titles)
+        scorer = None
+        if VARIANTS[name]["merge"]:
+            from eapo_exp.backbones.lora import merge_for_inference
+
+            torch.manual_seed(0)
+            scorer = merge_for_inference(build(VARIANTS[name]))
+        runs[name] = workloads(models[name], prompts, titles, scorer)
     weights = decoder_weights(models[names[0]])
     results = {name: {} for name in names}
     peaks, shape = [], ""

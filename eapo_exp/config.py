@@ -285,6 +285,10 @@ class EvalConfig:
     reuse_cached: bool = True
     # High-preference negatives = the expert's top-k non-target candidates (error analysis).
     high_preference_k: int = 3
+    # Fold the LoRA adapter into the weights before scoring (forward only, so nothing is
+    # lost): one matmul per adapted layer instead of the adapter branch beside it. Scores
+    # move by the weights' rounding (bf16: ~1e-3 relative); false scores the unmerged model.
+    merge_lora: bool = True
 
 
 # ---------------------------------------------------------------- ChatRec

@@ -1,4 +1,4 @@
-"""LoRA adapters (PEFT) on a backbone: apply, save, load."""
+"""LoRA adapters (PEFT) on a backbone: apply, save, load, merge for inference."""
 
 from __future__ import annotations
 
@@ -77,3 +77,17 @@ def load_adapter(model, path: str | os.PathLike, trainable: bool = False,
                          f"{' '.join(str(exc).split())}") from exc
     set_lora_compute_dtype(peft_model, compute_dtype)
     return peft_model
+
+
+def merge_for_inference(peft_model):
+    """The base model with the adapter folded into its weights (W + s·B·A), for forward-only
+    passes: every adapted layer then runs one matmul instead of three plus a scale and an
+    add. Trained copies of modules_to_save (embeddings, head, a hybrid item projector)
+    replace the originals. Merging in a bf16 model rounds W + s·B·A to bf16, so scores move
+    by bf16 rounding; a float32 model merges exactly up to float32 rounding."""
+    had_projector = hybrid_items.find_projector(peft_model) is not None
+    merged = peft_model.merge_and_unload()
+    if had_projector and hybrid_items.find_projector(merged) is None:
+        raise ModelError("merging the LoRA adapter dropped the hybrid item projector")
+    log.info("LoRA adapter merged into the weights for inference")
+    return merged

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.backbones.lora import load_adapter
+from eapo_exp.backbones.lora import load_adapter, merge_for_inference
 from eapo_exp.cache import ArtifactCache, directory_digest, fingerprint, reading
 from eapo_exp.data.schema import SampleSet
 from eapo_exp.distributed import Runtime, default_runtime
@@ -93,6 +93,8 @@ def evaluate_adapter(cfg: DictConfig, samples: SampleSet, adapter: Path | None, 
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
         model = (load_adapter(loaded.model, adapter, compute_dtype=cfg.backbone.lora.compute_dtype)
                  if adapter is not None else loaded.model)
+        if adapter is not None and cfg.eval.merge_lora:
+            model = merge_for_inference(model)
         builder = make_prompt_builder(cfg.prompt, loaded, samples)
         check_item_repr(model, builder, adapter)
         expert = (load_expert(expert_artifact, map_location=runtime.device)
