@@ -285,8 +285,8 @@ class EvalConfig:
     reuse_cached: bool = True
     # High-preference negatives = the expert's top-k non-target candidates (error analysis).
     high_preference_k: int = 3
-    # Fold the LoRA adapter into the weights before scoring (forward only, so nothing is
-    # lost): one matmul per adapted layer instead of the adapter branch beside it. Scores
+    # Fold the LoRA adapter into the weights before scoring (a copy loaded for evaluation
+    # only): one matmul per adapted layer instead of the adapter branch beside it. Scores
     # move by the merged weights' rounding: in bf16 on cpu_long's SFT model, a median 1.4% of
     # a candidate's log-prob, HR@1 0.070 -> 0.068 on 500 samples. false: the adapter branch.
     merge_lora: bool = True
