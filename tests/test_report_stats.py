@@ -193,13 +193,11 @@ def test_identical_methods_are_within_noise(tmp_path: Path):
     assert comparison(table, "β-DPO", "DPO")["mcnemar_p"] == 1.0
 
 
-def test_seeds_are_pooled_and_axes_matched(tmp_path: Path):
-    """Three seeds of DPO and of EAPO at two U_β values: DPO (no U_β) is the base of both,
-    pairs are made seed by seed, and n counts distinct test samples."""
-    rng = np.random.default_rng(5)
-    root = tmp_path / "sweep"
+def write_u_beta_sweep(root: Path, seeds: int, rng: np.random.Generator) -> Path:
+    """Per seed: DPO (true HR@1 0.3) and EAPO at U_β 0.5 (0.3) and 0.75 (0.6), with SFT
+    (0.2) evaluated from one model in every job of the seed."""
     num = 0
-    for seed in range(3):
+    for seed in range(seeds):
         sft = ranks_with_hr1(0.2, rng)
         write_predictions_job(root, num, "dpo", seed,
                               {"sft": sft, "dpo": ranks_with_hr1(0.3, rng)})
@@ -208,6 +206,13 @@ def test_seeds_are_pooled_and_axes_matched(tmp_path: Path):
             write_predictions_job(root, num, "eapo", seed,
                                   {"sft": sft, "eapo": ranks_with_hr1(rate, rng)}, u_beta)
             num += 1
+    return root
+
+
+def test_seeds_are_pooled_and_axes_matched(tmp_path: Path):
+    """Three seeds of DPO and of EAPO at two U_β values: DPO (no U_β) is the base of both,
+    pairs are made seed by seed, and n counts distinct test samples."""
+    root = write_u_beta_sweep(tmp_path / "sweep", seeds=3, rng=np.random.default_rng(5))
     jobs = scan_jobs(root)
     df, _ = rows_from_jobs(jobs)
     result = sweep_statistics(jobs, df, n_resamples=1000)
@@ -314,3 +319,33 @@ def test_the_sweep_callback_passes_its_pairs_and_refuses_bad_ones(two_methods: P
     SweepReport(plots=False, pairs=["DPO:EAPO"]).write_report(two_methods)
     table = pd.read_csv(two_methods / "report" / "comparisons.csv")
     assert comparison(table, "DPO", "EAPO")["verdict"] == "worse"
+
+
+def test_axis_baselines_compare_each_value_with_the_same_method_at_the_baseline(
+        tmp_path: Path, capsys):
+    """EAPO at U_β 0.5 (true HR@1 0.3) and 0.75 (0.6), two seeds: --axis-baseline
+    beta_schedule.u_beta=0.75 adds EAPO (0.5) − EAPO (0.75), paired seed by seed, and no row
+    for the baseline value itself or for DPO, which has no U_β."""
+    root = write_u_beta_sweep(tmp_path / "sweep", seeds=2, rng=np.random.default_rng(13))
+    table = build_report(root, axis_baselines=[("beta_schedule.u_beta", 0.75)])[
+        "stats"].comparisons
+    row = comparison(table, "EAPO", "EAPO (U_β 0.75)", **{"beta_schedule.u_beta": 0.5})
+    assert row["verdict"] == "worse" and row["ci_low"] <= -0.30 <= row["ci_high"]
+    assert (row["n"], row["seeds"]) == (N_SAMPLES, 2)
+    assert set(table["reference"]) == {"DPO", "SFT", "EAPO (U_β 0.75)"}
+    assert len(table[table["reference"] == "EAPO (U_β 0.75)"]) == len(stats.METRICS)
+
+    assert main([str(root), "--no-plots", "--axis-baseline", "beta_schedule.u_beta=0.75"]) == 0
+    assert "| EAPO | 0.5 | EAPO (U_β 0.75) | hr@1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", ["expert.data_fraction", "=1.0", "expert.data_fraction="])
+def test_a_malformed_axis_baseline_is_refused_with_its_text(two_methods: Path, capsys,
+                                                            entry: str):
+    from eapo_exp.report.callback import SweepReport
+
+    assert main([str(two_methods), "--no-plots", "--axis-baseline", entry]) == 2
+    assert repr(entry) in capsys.readouterr().err
+    assert not (two_methods / "report").exists()
+    with pytest.raises(ValueError, match="hydra.callbacks.sweep_report.axis_baselines"):
+        SweepReport(axis_baselines=[entry])

@@ -3,8 +3,10 @@ non-zero when any of the sweep's jobs failed.
 
 Enabled in conf/config.yaml; `hydra.callbacks.sweep_report.enabled=false` turns the report
 off (the exit status still counts failed jobs); `pairs` (METHOD:REFERENCE strings) adds
-paired comparisons beyond each method's base and SFT, as `eapo-report --pair` does. A failing report never fails the sweep: the
-jobs' results are already on disk and `eapo-report <sweep dir>` can be rerun by hand.
+paired comparisons beyond each method's base and SFT, as `eapo-report --pair` does, and
+`axis_baselines` (AXIS=VALUE strings) as `--axis-baseline` does. A failing report never fails
+the sweep: the jobs' results are already on disk and `eapo-report <sweep dir>` can be rerun
+by hand.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ EXIT_JOBS_FAILED = 1
 
 class SweepReport(Callback):
     def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = False,
-                 pairs: list[str] | None = None) -> None:
-        from eapo_exp.report.comparisons import parse_pairs
+                 pairs: list[str] | None = None,
+                 axis_baselines: list[str] | None = None) -> None:
+        from eapo_exp.report.comparisons import parse_axis_baselines, parse_pairs
 
         self.enabled = bool(enabled)
         self.plots = bool(plots)
@@ -38,6 +41,11 @@ class SweepReport(Callback):
         except ValueError as error:
             raise ValueError(f"hydra.callbacks.sweep_report.pairs: {error}") from None
         self.pairs = [str(pair) for pair in pairs or ()]
+        try:
+            parse_axis_baselines(axis_baselines)
+        except ValueError as error:
+            raise ValueError(f"hydra.callbacks.sweep_report.axis_baselines: {error}") from None
+        self.axis_baselines = [str(entry) for entry in axis_baselines or ()]
         self.started: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -64,7 +72,8 @@ class SweepReport(Callback):
 
         argv = [str(sweep_dir), *([] if self.plots else ["--no-plots"]),
                 *(["--wandb"] if self.wandb else []),
-                *(arg for pair in self.pairs for arg in ("--pair", pair))]
+                *(arg for pair in self.pairs for arg in ("--pair", pair)),
+                *(arg for entry in self.axis_baselines for arg in ("--axis-baseline", entry))]
         try:
             status = main(argv)
         except Exception as error:  # noqa: BLE001 - the sweep's results are already saved

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from eapo_exp.report.comparisons import parse_pairs
+from eapo_exp.report.comparisons import parse_axis_baselines, parse_pairs
 from eapo_exp.report.jobs import REPORT_DIRNAME, find_job_dirs
 from eapo_exp.report.sweep import build_report
 
@@ -39,6 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also compare METHOD with REFERENCE, paired (names as the report "
                              "prints them, e.g. --pair EAPO:S-DPO --pair S-DPO:DPO); each "
                              "method is always compared with its base and SFT")
+    parser.add_argument("--axis-baseline", action="append", default=[], metavar="AXIS=VALUE",
+                        help="also compare each method at every other value of a swept axis "
+                             "with the same method at VALUE, paired (e.g. --axis-baseline "
+                             "expert.data_fraction=1.0 --axis-baseline beta_schedule.u_beta=0.75)")
     return parser.parse_args(argv)
 
 
@@ -112,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         pairs = parse_pairs(args.pair)
     except ValueError as error:
         return _error(f"--pair: {error}")
-    result = build_report(sweep_dir, args.out, split=args.split, pairs=pairs)
+    try:
+        axis_baselines = parse_axis_baselines(args.axis_baseline)
+    except ValueError as error:
+        return _error(f"--axis-baseline: {error}")
+    result = build_report(sweep_dir, args.out, split=args.split, pairs=pairs,
+                          axis_baselines=axis_baselines)
     plots: list[Path] = []
     if not args.no_plots:
         from eapo_exp.report.plots import make_plots

@@ -28,6 +28,7 @@ from eapo_exp.report.grouping import (
     BASES,
     REFERENCE_DISPLAY,
     axis_columns,
+    axis_label,
     hashable,
     method_rank,
     missing,
@@ -226,6 +227,45 @@ def parse_pairs(pairs) -> list[tuple[str, str]]:
     return parsed
 
 
+def parse_axis_baselines(entries) -> list[tuple[str, Any]]:
+    """["expert.data_fraction=1.0", ...] -> [("expert.data_fraction", 1.0), ...]: an axis and
+    the value every other value of it is compared with. Raises ValueError naming the entry."""
+    parsed = []
+    for entry in entries or ():
+        axis, sep, value = str(entry).partition("=")
+        axis, value = axis.strip(), value.strip()
+        if not sep or not axis or not value:
+            raise ValueError(f"axis baseline {entry!r}: expected AXIS=VALUE as the sweep sets "
+                             "it, e.g. expert.data_fraction=1.0")
+        try:
+            parsed.append((axis, float(value)))
+        except ValueError:
+            parsed.append((axis, value))
+    return parsed
+
+
+def _equal_axis_value(value: Any, wanted: Any) -> bool:
+    if missing(value):
+        return False
+    if isinstance(wanted, float) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        return float(value) == wanted
+    return str(value) == str(wanted)
+
+
+def _axis_baseline(row: dict, candidates: list[dict], axes: list[str], axis: str,
+                   value: Any) -> dict | None:
+    """The row of the same method and split at `axis` = `value`, every other axis equal;
+    None when row has no value of that axis or already sits at the baseline."""
+    if axis not in axes or missing(row[axis]) or _equal_axis_value(row[axis], value):
+        return None
+    for other in candidates:
+        if other["method"] == row["method"] and _equal_axis_value(other[axis], value) and \
+                all(other[a] == row[a] for a in axes if a != axis):
+            return other
+    return None
+
+
 def _references(method: str, extra_pairs: list[tuple[str, str]] = ()) -> list[str]:
     """Its base, the extra references asked for, then SFT (once: LLaRA's base is SFT)."""
     names = [BASES[method]] if method in BASES else []
@@ -249,10 +289,13 @@ def _find_sft_or(row: dict, candidates: list[dict], axes: list[str], name: str) 
 
 def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
                        n_resamples: int = stats.N_RESAMPLES,
-                       extra_pairs: list[tuple[str, str]] = ()) -> pd.DataFrame:
+                       extra_pairs: list[tuple[str, str]] = (),
+                       axis_baselines: list[tuple[str, Any]] = ()) -> pd.DataFrame:
     """Every method against its base, the references `extra_pairs` give it, and SFT, on the
     same split and axis values (a reference without an axis, e.g. DPO in a U_β sweep,
-    serves every value). A pair whose method or reference the sweep lacks is logged."""
+    serves every value); then, for each (axis, value) of `axis_baselines`, against the same
+    method at that value of the axis (e.g. EAPO with a 50%-data expert against EAPO with
+    the full one). A pair or axis the sweep lacks is logged."""
     rows_by_split: dict[str, list[dict]] = defaultdict(list)
     for key in groups:
         rows_by_split[key[0]].append({**_key_columns(key, axes), "_key": key})
@@ -262,6 +305,10 @@ def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
         if absent:
             log.warning("pair %s:%s: no predictions of %s in this sweep (methods: %s)",
                         method, reference, " or ".join(absent), ", ".join(sorted(present)))
+    for axis, _ in axis_baselines:
+        if axis not in axes:
+            log.warning("axis baseline %s: not an axis of this sweep (axes: %s)", axis,
+                        ", ".join(axes) or "none")
     rows = []
     for candidates in rows_by_split.values():
         for row in candidates:
@@ -270,10 +317,19 @@ def method_comparisons(groups: dict[GroupKey, dict], axes: list[str],
                 if found is None:
                     continue
                 name = found["method"]
-                for result in compare(groups[row["_key"]], groups[found["_key"]], n_resamples):
-                    rows.append({**_key_columns(row["_key"], axes), "reference": name,
-                                 **result})
+                rows += _compared(groups, row, found, name, axes, n_resamples)
+            for axis, value in axis_baselines:
+                found = _axis_baseline(row, candidates, axes, axis, value)
+                if found is not None:
+                    name = f"{row['method']} ({axis_label(axis)} {found[axis]})"
+                    rows += _compared(groups, row, found, name, axes, n_resamples)
     return _ordered(rows, COMPARISON_COLUMNS, axes)
+
+
+def _compared(groups: dict[GroupKey, dict], row: dict, found: dict, name: str,
+              axes: list[str], n_resamples: int) -> list[dict]:
+    return [{**_key_columns(row["_key"], axes), "reference": name, **result}
+            for result in compare(groups[row["_key"]], groups[found["_key"]], n_resamples)]
 
 
 def _ordered(rows: list[dict], columns: tuple[str, ...], axes: list[str]) -> pd.DataFrame:
@@ -295,14 +351,15 @@ def _ordered(rows: list[dict], columns: tuple[str, ...], axes: list[str]) -> pd.
 
 def sweep_statistics(jobs: list[JobRecord], df: pd.DataFrame,
                      n_resamples: int = stats.N_RESAMPLES,
-                     extra_pairs: list[tuple[str, str]] = ()) -> SweepStatistics:
+                     extra_pairs: list[tuple[str, str]] = (),
+                     axis_baselines: list[tuple[str, Any]] = ()) -> SweepStatistics:
     """Intervals and comparisons for every split of the sweep that has predictions."""
     axes, groups = group_samples(jobs, df)
     if not groups:
         return SweepStatistics.empty(axes)
     return SweepStatistics(axes=axes, intervals=method_intervals(groups, axes, n_resamples),
                            comparisons=method_comparisons(groups, axes, n_resamples,
-                                                          extra_pairs))
+                                                          extra_pairs, axis_baselines))
 
 
 def with_intervals(summary: pd.DataFrame, intervals: pd.DataFrame,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from eapo_exp.report.comparisons import sweep_statistics, with_intervals
 from eapo_exp.report.jobs import REPORT_DIRNAME, rows_from_jobs, scan_jobs
@@ -15,10 +16,13 @@ from eapo_exp.report.summary import summarize_all
 
 
 def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 split: str = "test", pairs: list[tuple[str, str]] = ()) -> dict:
+                 split: str = "test", pairs: list[tuple[str, str]] = (),
+                 axis_baselines: list[tuple[str, Any]] = ()) -> dict:
     """Collect, summarize and write report.csv, summary.csv, summary.md and comparisons.csv
     (paired comparisons; empty without per-sample predictions). `pairs`: (method,
-    reference) comparisons to add to each method's base and SFT (comparisons.parse_pairs).
+    reference) comparisons to add to each method's base and SFT (comparisons.parse_pairs);
+    `axis_baselines`: (axis, value) to compare every other value of the axis with, method
+    by method (comparisons.parse_axis_baselines).
 
     Returns {"df", "summary" (all splits, with 95% intervals where predictions exist),
     "stats" (comparisons.SweepStatistics), "problems", "jobs", "markdown", "files",
@@ -29,7 +33,7 @@ def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     out.mkdir(parents=True, exist_ok=True)
     jobs = scan_jobs(root)
     df, problems = rows_from_jobs(jobs)
-    stats = sweep_statistics(jobs, df, extra_pairs=pairs)
+    stats = sweep_statistics(jobs, df, extra_pairs=pairs, axis_baselines=axis_baselines)
     summary = with_intervals(summarize_all(df), stats.intervals, stats.axes)
     markdown = render_markdown(root, df, summary, problems, jobs, split, stats)
     files = [out / "report.csv", out / "summary.csv", out / "summary.md",
