@@ -46,9 +46,12 @@ EXPERT_NAMES = {"gru4rec": "GRU4Rec", "caser": "Caser", "sasrec": "SASRec"}
 
 # What a row's result is computed from (the artifacts and steps in its depends_on), as the
 # config keys each one reads: a swept key outside a row's keys does not split that row.
+# item_expert: the expert whose item embeddings fill hybrid item slots (LLaRA); the report
+# derives item_expert.data_fraction (prompt.item_expert_data_fraction, else the expert's).
 CONFIG_KEYS = {
     "samples": ("dataset",),
     "expert": ("expert",),
+    "item_expert": ("item_expert", "expert.name"),
     "backbone": ("backbone", "prompt"),
     "sft": ("train.sft",),
     "preference": ("loss", "beta_schedule", "train.preference"),
@@ -108,7 +111,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("chatrec", "ChatRec", "chatrec", ("samples", "chatrec", "evaluation")),
     Method("sft", "SFT", "sft", (*LLM_INPUTS, "sft", "evaluation")),
     # SFT on hybrid item prompts (prompt.item_repr=hybrid): the projector reads the expert.
-    Method("llara", "LLaRA", "sft", (*LLM_INPUTS, "expert", "sft", "evaluation"), base="sft"),
+    Method("llara", "LLaRA", "sft", (*LLM_INPUTS, "item_expert", "sft", "evaluation"),
+           base="sft"),
     *(preference_method(loss.name, schedule.name) for loss in LOSSES for schedule in SCHEDULES),
 )}
 # Every method is also compared with this one.

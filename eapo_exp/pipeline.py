@@ -66,7 +66,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     method = job_method(stage.value, cfg.loss.name, cfg.beta_schedule.name,
                         cfg.train.sft.enabled, cfg.prompt.item_repr)
     # A model on hybrid item prompts (LLaRA) reads the expert's item embeddings.
-    item_inputs = ("expert",) if cfg.prompt.item_repr == "hybrid" else ()
+    item_inputs = ("item_expert",) if cfg.prompt.item_repr == "hybrid" else ()
     cache = ArtifactCache(Path(cfg.paths.artifact_cache).resolve())
     metrics: dict = {"stage": stage.value, "timings": {},
                      "runtime": {"device": str(runtime.device),

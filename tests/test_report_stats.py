@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from eapo_exp.evaluation.metrics import metrics_from_ranks
 from eapo_exp.report import stats
@@ -42,7 +43,8 @@ def prediction_rows(ranks: np.ndarray) -> list[dict]:
 
 
 def write_predictions_job(root: Path, num: int, method: str, seed: int,
-                          ranks: dict[str, np.ndarray], u_beta: float | None = None) -> Path:
+                          ranks: dict[str, np.ndarray], u_beta: float | None = None,
+                          experiment: str | None = None) -> Path:
     """A stage=all job of `method` (dpo/eapo/beta_dpo) evaluating SFT and the method on test.
 
     ranks: {eval label: target ranks}; metrics.json holds the means of the same ranks.
@@ -50,6 +52,8 @@ def write_predictions_job(root: Path, num: int, method: str, seed: int,
     loss, schedule = {"dpo": ("dpo", "fixed"), "eapo": ("dpo", "expert"),
                       "beta_dpo": ("dpo", "beta_dpo")}[method]
     overrides = [f"method={method}", f"seed={seed}"]
+    if experiment is not None:
+        overrides.insert(0, f"experiment={experiment}")
     if u_beta is not None:
         overrides.insert(1, f"beta_schedule.u_beta={u_beta}")
     evals = {label: {"test": {**metrics_from_ranks(r), "mode": "score"}}
@@ -349,3 +353,68 @@ def test_a_malformed_axis_baseline_is_refused_with_its_text(two_methods: Path, c
     assert not (two_methods / "report").exists()
     with pytest.raises(ValueError, match="hydra.callbacks.sweep_report.axis_baselines"):
         SweepReport(axis_baselines=[entry])
+
+
+def test_sweeps_of_related_experiments_share_one_report(tmp_path: Path, caplog):
+    """DPO from an experiment=cpu_long sweep (with EAPO at U_β 0.75) is the base of the EAPO
+    U_β 0.3 job of an experiment=cpu_long_u_beta sweep: the experiment name is no axis, and
+    the report says it joined two experiments."""
+    rng = np.random.default_rng(17)
+    sft = ranks_with_hr1(0.2, rng)
+    root = tmp_path / "both"
+    write_predictions_job(root / "main", 0, "dpo", 0,
+                          {"sft": sft, "dpo": ranks_with_hr1(0.3, rng)},
+                          experiment="cpu_long")
+    write_predictions_job(root / "main", 1, "eapo", 0,
+                          {"sft": sft, "eapo": ranks_with_hr1(0.3, rng)}, u_beta=0.75,
+                          experiment="cpu_long")
+    write_predictions_job(root / "u_beta", 0, "eapo", 0,
+                          {"sft": sft, "eapo": ranks_with_hr1(0.6, rng)}, u_beta=0.3,
+                          experiment="cpu_long_u_beta")
+    with caplog.at_level("WARNING"):
+        result = build_report(root)
+    assert result["stats"].axes == ["beta_schedule.u_beta"]
+    row = comparison(result["stats"].comparisons, "EAPO", "DPO",
+                     **{"beta_schedule.u_beta": 0.3})
+    assert row["verdict"] == "better" and row["ci_low"] <= 0.30 <= row["ci_high"]
+    assert "experiments cpu_long, cpu_long_u_beta" in caplog.text
+
+
+def test_an_expert_quality_sweep_on_hybrid_items_meets_its_dpo_and_llara(tmp_path: Path):
+    """cpu_long (LLaRA, DPO, EAPO; hybrid item slots from the expert of the run) beside
+    cpu_long_expert_quality (EAPO with a 50%-data β expert, item slots pinned to the full
+    expert): DPO and LLaRA read the expert only through the item slots, so they are the
+    reference of the 50% EAPO too. Provenance as jobs wrote it before item_expert existed
+    ("expert" for the item slots)."""
+    rng = np.random.default_rng(19)
+    llara = ranks_with_hr1(0.1, rng)
+    root = tmp_path / "runs"
+    hybrid = {"item_repr": "hybrid"}
+    jobs = (("main", 0, "dpo", 1.0, None, 0.1), ("main", 1, "eapo", 1.0, None, 0.1),
+            ("eq", 0, "eapo", 0.5, 1.0, 0.5))
+    for sweep, num, method, fraction, pinned, rate in jobs:
+        job = write_predictions_job(root / sweep, num, method, 0,
+                                    {"llara": llara, method: ranks_with_hr1(rate, rng)},
+                                    u_beta=0.75 if method == "eapo" else None)
+        cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
+        cfg["expert"]["data_fraction"] = fraction
+        cfg["prompt"] = {**hybrid, "item_expert_data_fraction": pinned}
+        (job / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+        metrics = json.loads((job / "metrics.json").read_text())
+        llm = ["samples", "backbone", "sft", "evaluation", "expert"]
+        metrics["provenance"] = {
+            "llara": {"method": "llara", "depends_on": llm},
+            method: {"method": method, "depends_on": [*llm, "preference"]}}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    result = build_report(root, axis_baselines=[("expert.data_fraction", 1.0)])
+    assert result["stats"].axes == ["expert.data_fraction"]
+    table = result["stats"].comparisons
+    half = {"expert.data_fraction": 0.5}
+    assert comparison(table, "EAPO", "DPO", **half)["verdict"] == "better"
+    assert comparison(table, "EAPO", "LLaRA", **half)["verdict"] == "better"
+    assert comparison(table, "EAPO", "EAPO (expert data 1.0)", **half)["verdict"] == "better"
+    assert comparison(table, "EAPO", "DPO", **{"expert.data_fraction": 1.0})[
+        "verdict"] == "within noise"
+    dpo = result["df"][result["df"]["method"] == "DPO"]
+    assert dpo["depends_on"].str.contains("item_expert").all()
+    assert not dpo["depends_on"].str.split().map(lambda kinds: "expert" in kinds).any()

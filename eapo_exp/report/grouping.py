@@ -11,18 +11,22 @@ import numpy as np
 import pandas as pd
 
 from eapo_exp.methods import CONFIG_KEYS, METHODS, REFERENCE, report_order
-from eapo_exp.report.jobs import BASE_COLUMNS, CONFIG_COLUMNS, CORE_METRICS
+from eapo_exp.report.jobs import BASE_COLUMNS, CONFIG_COLUMNS, CORE_METRICS, ITEM_EXPERT_FRACTION
 
 SPLIT_ORDER = ("test", "valid", "test_user_cold", "test_item_cold")
 # Axes that never split a summary row: the seed is averaged over, the method is the row,
-# the thread count changes how fast a job runs, not what it computes.
+# the thread count changes how fast a job runs, not what it computes. An experiment file is
+# a bundle of settings: rows split by the settings that vary (the known axes, overrides),
+# not by its name, so one report can join sweeps of experiments that extend one another
+# (cpu_long and cpu_long_u_beta: DPO from the first is the base of every U_β of the second).
 NON_AXES = {"seed", "loss", "loss.name", "beta_schedule", "beta_schedule.name", "stage",
-            "torch_threads"}
+            "torch_threads", "experiment"}
 NON_AXIS_PREFIXES = ("hydra", "paths", "logger")
 # Always treated as axes when they vary, even without an override (e.g. set by an
 # experiment file).
-KNOWN_AXES = ("beta_schedule.u_beta", "expert.data_fraction")
-AXIS_LABELS = {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "expert data"}
+KNOWN_AXES = ("beta_schedule.u_beta", "expert.data_fraction", ITEM_EXPERT_FRACTION)
+AXIS_LABELS = {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "expert data",
+               ITEM_EXPERT_FRACTION: "item expert data"}
 
 ROW_ORDER = report_order()
 # Display label -> the display label of the method it improves on; every method is also

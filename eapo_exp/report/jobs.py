@@ -27,9 +27,12 @@ BOOKKEEPING = {"seconds", "samples_per_s", "truncated_prompts", "dropped_history
 # depends_on: the row's artifacts (keys of eapo_exp.methods.CONFIG_KEYS), space-separated.
 BASE_COLUMNS = ("job", "method", "label", "kind", "seed", "split", "depends_on")
 REPORT_DIRNAME = "report"
+# Derived: the training-data share of the expert behind hybrid item slots (None without them).
+ITEM_EXPERT_FRACTION = "item_expert.data_fraction"
 # Config values every row carries (dotted path in config_resolved.yaml), besides overrides.
 CONFIG_COLUMNS = ("loss.name", "beta_schedule.name", "beta_schedule.u_beta", "expert.name",
-                  "expert.data_fraction", "dataset.name", "backbone.name", "stage")
+                  "expert.data_fraction", ITEM_EXPERT_FRACTION, "dataset.name", "backbone.name",
+                  "stage")
 # metrics.json blocks of the expert stage, by row label.
 EXPERT_ROWS = {"expert": "expert_only", "popularity": "popularity"}
 
@@ -61,6 +64,11 @@ class JobRecord:
 
     def value(self, key: str) -> Any:
         """The job's value for a config path (or override key)."""
+        if key == ITEM_EXPERT_FRACTION:
+            if self.value("prompt.item_repr") != "hybrid":
+                return None
+            pinned = self.value("prompt.item_expert_data_fraction")
+            return self.value("expert.data_fraction") if pinned is None else pinned
         found = _lookup(self.config, key)
         if isinstance(found, dict):
             found = found.get("name")
@@ -126,8 +134,21 @@ def read_rows(record: JobRecord) -> dict[str, ResultRow]:
         if method.kind == "expert":
             display = expert_display(str((metrics.get("expert") or {}).get("name")
                                          or record.value("expert.name") or method.display))
-        rows[label] = ResultRow(display, method.kind, tuple(entry["depends_on"]))
+        rows[label] = ResultRow(display, method.kind,
+                                _item_inputs(record, method, entry["depends_on"]))
     return rows
+
+
+def _item_inputs(record: JobRecord, method: Method, depends_on: list[str]) -> tuple[str, ...]:
+    """depends_on with hybrid item slots read as item_expert: a job written before that kind
+    existed recorded them as "expert", which only a method using the expert's scores
+    (EAPO, the expert row) reads itself."""
+    kinds = list(depends_on)
+    if record.value("prompt.item_repr") == "hybrid" and method.kind in ("sft", "preference"):
+        if "expert" in kinds and "expert" not in method.depends_on:
+            kinds.remove("expert")
+        kinds += [] if "item_expert" in kinds else ["item_expert"]
+    return tuple(kinds)
 
 
 def _parse_overrides(lines: Any) -> dict[str, Any]:

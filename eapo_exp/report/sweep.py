@@ -5,14 +5,18 @@ verdict), and write the tables and the markdown (markdown)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from eapo_exp.report.comparisons import sweep_statistics, with_intervals
+from eapo_exp.report.grouping import axis_columns
 from eapo_exp.report.jobs import REPORT_DIRNAME, rows_from_jobs, scan_jobs
 from eapo_exp.report.markdown import render_markdown
 from eapo_exp.report.summary import summarize_all
+
+log = logging.getLogger(__name__)
 
 
 def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -33,6 +37,12 @@ def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     out.mkdir(parents=True, exist_ok=True)
     jobs = scan_jobs(root)
     df, problems = rows_from_jobs(jobs)
+    experiments = sorted(map(str, df["experiment"].dropna().unique())) if "experiment" in df \
+        else []
+    if len(experiments) > 1:
+        log.warning("one report over experiments %s: rows are split by the settings the jobs "
+                    "vary (%s), not by experiment; report sweeps of unrelated recipes apart",
+                    ", ".join(experiments), ", ".join(axis_columns(df)) or "none")
     stats = sweep_statistics(jobs, df, extra_pairs=pairs, axis_baselines=axis_baselines)
     summary = with_intervals(summarize_all(df), stats.intervals, stats.axes)
     markdown = render_markdown(root, df, summary, problems, jobs, split, stats)
