@@ -116,3 +116,11 @@ def test_cpu_long_scores_the_sft_model_its_preference_methods_start_from():
     for method in methods:
         assert sft_inputs(method) == starting_point, method
     assert compose_with(["experiment=cpu_long", "method=llara"]).stage == "sft"
+
+
+@pytest.mark.parametrize("experiment", ["u_beta", "cpu_long_u_beta"])
+def test_a_u_beta_experiment_takes_one_u_beta_value_from_the_command_line(experiment: str):
+    """A multirun puts command-line overrides before the sweeper's method=eapo, so the
+    experiment itself must compose EAPO's β schedule for beta_schedule.u_beta to exist."""
+    cfg = compose_with([f"experiment={experiment}", "beta_schedule.u_beta=0.3"])
+    assert (cfg.beta_schedule.name, cfg.beta_schedule.u_beta) == ("expert", 0.3)
