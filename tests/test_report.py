@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from eapo_exp.report.cli import main
+from eapo_exp.report.figures import group_label
 from eapo_exp.report.jobs import collect_jobs
 from eapo_exp.report.markdown import summary_markdown
-from eapo_exp.report.plots import make_plots
+from eapo_exp.report.plots import axis_lines, is_classic, make_plots
 from eapo_exp.report.summary import format_value, summarize
 from eapo_exp.report.sweep import build_report
 from eapo_exp.report.tables import format_metric_table
@@ -316,3 +317,23 @@ def test_format_metric_table_unchanged():
     table = format_metric_table({"DPO": {"hr@1": 0.5, "n": 3}}, title="t")
     assert table.splitlines()[0] == "### t"
     assert "| DPO | 0.5000 | - | - | 3 |" in table
+
+
+def test_axis_lines_keep_swept_lines_and_put_the_expert_on_its_own_axis():
+    """Expert-quality plot of a report that also holds a U_β sweep: EAPO at U_β 0.3 has one
+    point on the data-fraction axis and is left out; SASRec (no U_β) is labelled without an
+    empty U_β and goes to the right-hand axis."""
+    rows = [("EAPO", "preference", fraction, "0.75", seed)
+            for fraction in (0.5, 1.0) for seed in (1, 2)]
+    rows += [("EAPO", "preference", 1.0, "0.3", seed) for seed in (1, 2)]
+    rows += [("SASRec", "expert", fraction, "", 0) for fraction in (0.5, 1.0)]
+    on_axis = pd.DataFrame(rows, columns=["method", "kind", "expert.data_fraction",
+                                          "beta_schedule.u_beta", "seed"])
+    lines = axis_lines(on_axis, "expert.data_fraction", ["beta_schedule.u_beta"])
+    assert [key for key, _ in lines] == [("SASRec", ""), ("EAPO", "0.75")]
+    assert [is_classic(rows) for _, rows in lines] == [True, False]
+    labels = [group_label(key[0], {"beta_schedule.u_beta": key[1]}) for key, _ in lines]
+    assert labels == ["SASRec", "EAPO (U_β=0.75)"]
+    single = on_axis[on_axis["beta_schedule.u_beta"] == "0.3"]
+    assert [key for key, _ in axis_lines(single, "expert.data_fraction",
+                                         ["beta_schedule.u_beta"])] == [("EAPO", "0.3")]

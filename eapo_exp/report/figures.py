@@ -28,7 +28,7 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0):
 
 def group_label(method: str, axes: dict) -> str:
     extra = ", ".join(f"{axis_label(k)}={v}" for k, v in axes.items()
-                      if not missing(v) and expert_display(str(v)) != method)
+                      if not missing(v) and str(v) != "" and expert_display(str(v)) != method)
     return f"{method} ({extra})" if extra else method
 
 

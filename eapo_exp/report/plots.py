@@ -28,6 +28,9 @@ AXIS_LABELS = {"beta_schedule.u_beta": "U_β (upper bound of the expert β)",
                "expert.data_fraction": "expert training-data fraction"}
 AXIS_TITLES = {"beta_schedule.u_beta": "U_β", "expert.data_fraction": "expert data fraction"}
 VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:grey"}
+# Rows of the classic recommenders (the expert itself, popularity) sit near HR@1 0.5 where the
+# language models sit near 0.07; on one y axis they flatten the LLM lines.
+CLASSIC_KINDS = ("expert", "popularity")
 CI_CAPTION = "error bars: 95% CI, bootstrap over test samples pooled over seeds"
 STD_CAPTION = "error bars: ± std over seeds"
 
@@ -56,6 +59,22 @@ def _error_bars(stats: pd.DataFrame, found: list) -> tuple[np.ndarray, str]:
     return np.vstack([std, std]), STD_CAPTION
 
 
+def is_classic(line: pd.DataFrame) -> bool:
+    return bool(line["kind"].isin(CLASSIC_KINDS).all())
+
+
+def axis_lines(on_axis: pd.DataFrame, axis: str, others: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """The lines of a metric-vs-axis plot: ((method, *other axis values), rows), in method
+    order. A line of one point (a method run at one value of this axis while another axis
+    was swept) says nothing about this axis, so such lines are dropped when any line has
+    two or more points."""
+    grouped = on_axis.groupby(["method", *others], sort=False)
+    lines = sorted(((key if isinstance(key, tuple) else (key,), rows) for key, rows in grouped),
+                   key=lambda kv: method_rank(kv[0][0]))
+    spread = [(key, rows) for key, rows in lines if rows[axis].nunique() >= 2]
+    return spread or lines
+
+
 def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str = "test",
                         intervals: pd.DataFrame | None = None) -> Path | None:
     """Mean over seeds of HR@1 and NDCG@5 against a swept numeric axis, with error bars:
@@ -64,7 +83,9 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
 
     One line per method (and per value of any other swept axis). The base method of an
     expert-guided variant (e.g. DPO for EAPO), when present without the axis, is drawn as
-    a dashed horizontal line, with its CI as a band.
+    a dashed horizontal line, with its CI as a band. Classic recommenders swept along the
+    axis (the expert trained on a fraction of the data) are drawn dotted on a right-hand
+    axis of their own.
     """
     if axis not in df.columns or df.empty:
         return None
@@ -86,24 +107,28 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
     if not metrics:
         return None
     fig, panels = new_figure(len(metrics), 5.2, 3.8)
-    keys = ["method", *others]
-    groups = sorted(on_axis.groupby(keys, sort=False), key=lambda kv: method_rank(
-        kv[0][0] if isinstance(kv[0], tuple) else kv[0]))
+    groups = axis_lines(on_axis, axis, others)
     flat = part[part[axis].isna()]
     bases = {BASES[m] for m in on_axis["method"].unique() if m in BASES}
     lookup = interval_lookup(intervals, split, axis, others)
     captions = set()
     for panel, (metric, name) in zip(panels, metrics, strict=True):
-        for key, group in groups:
-            key = key if isinstance(key, tuple) else (key,)
+        classic_panel = None
+        for index, (key, group) in enumerate(groups):
             per_seed = group.groupby([axis, "seed"], dropna=False)[metric].mean().reset_index()
             stats = per_seed.groupby(axis)[metric].agg(["mean", "std", "count"]).sort_index()
             found = [lookup.get((*key, float(x), metric)) for x in stats.index]
             err, caption = _error_bars(stats, found)
             captions.add(caption)
             label = group_label(key[0], dict(zip(others, key[1:], strict=True)))
-            panel.errorbar(stats.index, stats["mean"], yerr=err, marker="o", capsize=3,
-                           label=label)
+            target, style = panel, "-"
+            if is_classic(group):
+                if classic_panel is None:
+                    classic_panel = panel.twinx()
+                    classic_panel.set_ylabel(f"{name}, classic recommenders (dotted)")
+                target, style, label = classic_panel, ":", f"{label} (right axis)"
+            target.errorbar(stats.index, stats["mean"], yerr=err, marker="o", capsize=3,
+                            linestyle=style, label=label, color=f"C{index}")
         for base in sorted(bases, key=method_rank):
             values = flat.loc[flat["method"] == base]
             if values.empty:
@@ -119,7 +144,11 @@ def plot_metric_vs_axis(df: pd.DataFrame, axis: str, out_path: Path, split: str 
         panel.set_ylabel(name)
         panel.set_title(f"{name} vs {AXIS_TITLES.get(axis, axis)} ({split})")
         panel.grid(alpha=0.3)
-        panel.legend(fontsize=8)
+        handles, labels = panel.get_legend_handles_labels()
+        if classic_panel is not None:
+            more = classic_panel.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        panel.legend(handles, labels, fontsize=8)
     fig.suptitle("mean over seeds; " + "; ".join(sorted(captions)), fontsize=9)
     return save_figure(fig, out_path)
 
