@@ -168,8 +168,13 @@ def plot_paired_differences(comparisons: pd.DataFrame, axes: list[str], out_path
         return None
     rows = int(max((part["metric"] == m).sum() for m, _ in metrics))
     fig, panels = new_figure(len(metrics), 6.4, 1.4 + 0.35 * rows)
-    for panel, (metric, name) in zip(panels, metrics, strict=True):
-        table = part[part["metric"] == metric].reset_index(drop=True)
+    tables = [part[part["metric"] == metric].reset_index(drop=True) for metric, _ in metrics]
+    labels = [[_comparison_label(r, axes) for _, r in table.iterrows()] for table in tables]
+    # The same comparisons on every metric: their (long) labels once, on the left panel,
+    # so they do not squeeze the panels to their right.
+    shared = all(names == labels[0] for names in labels)
+    for index, (panel, (metric, name), table) in enumerate(zip(panels, metrics, tables,
+                                                               strict=True)):
         y = np.arange(len(table))[::-1]
         diff = table["difference"].to_numpy(dtype=float)
         err = np.clip([diff - table["ci_low"].to_numpy(dtype=float),
@@ -181,8 +186,7 @@ def plot_paired_differences(comparisons: pd.DataFrame, axes: list[str], out_path
                                color=colour, capsize=3, label=verdict)
         panel.axvline(0.0, color="black", linewidth=0.8)
         panel.set_yticks(y)
-        panel.set_yticklabels([_comparison_label(r, axes) for _, r in table.iterrows()],
-                              fontsize=8)
+        panel.set_yticklabels(labels[index] if index == 0 or not shared else [], fontsize=8)
         panel.set_xlabel(f"{name} difference (method − reference)")
         panel.set_title(f"Paired {name} differences, 95% CI ({split})", fontsize=10)
         panel.grid(alpha=0.3, axis="x")
