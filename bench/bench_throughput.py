@@ -13,7 +13,8 @@ Variants: `eager` (sdpa attention, PEFT's float32 LoRA branch: the path before t
 kernels), `fast` (attention `auto` = grouped_bmm on a CPU, sdpa on a GPU; LoRA in the model
 dtype; scoring with the adapter merged into the weights, eval.merge_lora: the default),
 `compiled` (fast + torch.compile of the decoder layers; its first call, which compiles, is
-reported apart). All variants live in one process and take turns, round
+reported apart; every round draws a new batch, so a recompilation for new lengths is
+timed). All variants live in one process and take turns, round
 by round, each round after a fresh matmul-peak probe: on a shared host the speed of the
 same step drifts by 2x within minutes (measured on a 2-core AMX VM), and variants timed one
 after the other in separate processes would compare different machines.
@@ -61,10 +62,10 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed_once(fn) -> float:
+def timed_once(fn, *args) -> float:
     synchronize()
     started = time.perf_counter()
-    fn()
+    fn(*args)
     synchronize()
     return time.perf_counter() - started
 
@@ -129,9 +130,10 @@ def make_inputs(seed: int = 0):
     return prompts, titles
 
 
-def workloads(model, prompts, titles, score_model=None):
-    """name -> (callable, real tokens, FLOPs factor: 4 training, 2 forward only).
-    score_model: the model that scores (a merged copy), `model` when None."""
+def workloads(model, score_model=None):
+    """name -> (step(prompts, titles), real tokens(prompts, titles), FLOPs factor: 4
+    training, 2 forward only). score_model: the model that scores (a merged copy), `model`
+    when None."""
     from eapo_exp.losses import DPOLoss, PreferenceLogps
     from eapo_exp.losses.sft import response_nll
     from eapo_exp.training.sft import pad_left
@@ -140,7 +142,7 @@ def workloads(model, prompts, titles, score_model=None):
     dev = device()
     pad = 2
 
-    def sft():
+    def sft(prompts, titles):
         model.train()
         model.zero_grad(set_to_none=True)
         inputs = [p + t[0] for p, t in zip(prompts, titles)]
@@ -152,7 +154,7 @@ def workloads(model, prompts, titles, score_model=None):
         response_nll(logits, batch["labels"][:, -keep:]).backward()
 
     def preference(k: int):
-        def step():
+        def step(prompts, titles):
             model.train()
             model.zero_grad(set_to_none=True)
             comps = [t[:k + 1] for t in titles]
@@ -165,13 +167,15 @@ def workloads(model, prompts, titles, score_model=None):
 
     scorer = model if score_model is None else score_model
 
-    def score():
+    def score(prompts, titles):
         scorer.eval()
         with torch.no_grad():
             completion_logprobs(scorer, prompts, titles, pad)
 
     def tokens(k: int):
-        return sum(len(p) + sum(len(t) for t in ts[:k]) for p, ts in zip(prompts, titles))
+        def count(prompts, titles):
+            return sum(len(p) + sum(len(t) for t in ts[:k]) for p, ts in zip(prompts, titles))
+        return count
 
     return {
         "sft": (sft, tokens(1), 4),
@@ -190,7 +194,9 @@ def measure(names: list[str], rounds: int) -> tuple[dict, list[float], str]:
     from eapo_exp.backbones.dtype import resolve_dtype
 
     dtype = resolve_dtype("auto")
-    prompts, titles = make_inputs()
+    # A new batch (new lengths) every round, the same for every variant of the round: a
+    # compiled variant pays here for any recompilation a real run's changing lengths cause.
+    batches = [make_inputs(seed) for seed in range(rounds + 1)]
     models, runs = {}, {}
     for name in names:
         torch.manual_seed(0)  # the same weights in every variant
@@ -201,25 +207,30 @@ def measure(names: list[str], rounds: int) -> tuple[dict, list[float], str]:
 
             torch.manual_seed(0)
             scorer = merge_for_inference(build(VARIANTS[name]))
-        runs[name] = workloads(models[name], prompts, titles, scorer)
+        runs[name] = workloads(models[name], scorer)
     weights = decoder_weights(models[names[0]])
     results = {name: {} for name in names}
     peaks, shape = [], ""
     for workload in WORKLOADS:
         for name in names:
-            fn, tokens, factor = runs[name][workload]
-            results[name][workload] = {"first_s": timed_once(fn),  # with compile: compiling
-                                       "seconds": [], "flops": factor * weights * tokens,
-                                       "tokens": tokens}
+            fn, _, _ = runs[name][workload]
+            results[name][workload] = {  # with compile, the first call compiles
+                "first_s": timed_once(fn, *batches[0]), "seconds": [], "flops": [],
+                "tokens": []}
         for round_ in range(rounds):
+            batch = batches[round_ + 1]
             peak, shape = matmul_peak(dtype)
             peaks.append(peak)
             order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
-                seconds = timed_once(runs[name][workload][0])
-                results[name][workload]["seconds"].append(seconds)
-                results[name][workload].setdefault("share", []).append(
-                    results[name][workload]["flops"] / seconds / 1e12 / peak)
+                fn, tokens, factor = runs[name][workload]
+                seconds = timed_once(fn, *batch)
+                flops = factor * weights * tokens(*batch)
+                result = results[name][workload]
+                result["seconds"].append(seconds)
+                result["flops"].append(flops)
+                result["tokens"].append(tokens(*batch))
+                result.setdefault("share", []).append(flops / seconds / 1e12 / peak)
     return results, peaks, shape
 
 
@@ -243,7 +254,7 @@ def main() -> dict:
           f"{peak:.3f} TFLOP/s ({shape}; median of {len(peaks)} probes, range "
           f"{min(peaks):.3f}-{max(peaks):.3f}); {PROMPTS} prompts of {PROMPT_TOKENS[0]}-"
           f"{PROMPT_TOKENS[1]} tokens, titles of {TITLE_TOKENS[0] + 1}-{TITLE_TOKENS[1] + 1}; "
-          f"medians of {REPEATS} interleaved rounds")
+          f"medians of {REPEATS} interleaved rounds, a new batch each round")
     print("of peak: the step's TFLOP/s over the probe taken just before it; vs eager: the "
           "median of the rounds' ratios")
     base = results.get("eager")
@@ -257,7 +268,9 @@ def main() -> dict:
             if base:
                 pairs = zip(base[workload]["seconds"], r["seconds"])
                 ratio = f"{statistics.median(e / v for e, v in pairs):.2f}x"
-            r.update(median_s=seconds, tflops=r["flops"] / seconds / 1e12,
+            r.update(median_s=seconds,
+                     tflops=statistics.median(f / s / 1e12 for f, s in zip(r["flops"],
+                                                                            r["seconds"])),
                      share_of_peak=statistics.median(r["share"]))
             print(f"{workload:16s} {name:9s} {seconds:7.2f} {r['tflops']:8.3f} "
                   f"{100 * r['share_of_peak']:7.1f}% {ratio:>8s} {r['first_s']:12.1f}")

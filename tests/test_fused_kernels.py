@@ -237,3 +237,5 @@ def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
     assert set(eager["grads"]) == set(compiled["grads"]) and eager["grads"]
     assert max(relative(compiled["grads"][n], eager["grads"][n]) for n in eager["grads"]) < 1e-4
     assert any((tmp_path / "inductor").iterdir())  # inductor's artefacts are cached there
+    first_length, second_length = compiled["graphs_after_each_batch"]
+    assert first_length > 0 and second_length == first_length  # a new length compiles nothing

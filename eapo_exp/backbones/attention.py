@@ -49,7 +49,10 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     causal = module is None or getattr(module, "is_causal", False)
     block = QUERY_BLOCK if causal else q_len
     pieces = []
-    for start in range(0, q_len, block):
+    # Counting the blocks (not ranging over q_len) keeps q_len symbolic under torch.compile:
+    # one graph serves every length with the same number of blocks.
+    for index in range((q_len + block - 1) // block):
+        start = index * block
         end = min(start + block, q_len)
         keys = k_len - q_len + end if causal else k_len
         pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],

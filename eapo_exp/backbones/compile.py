@@ -1,10 +1,12 @@
 """torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
 
-Each decoder layer is compiled on its own with inductor and dynamic shapes: the packed row
-lengths that change every step do not trigger a recompilation (dynamo still specialises on
-each layer's index, so the first step compiles once per layer; inductor's cache makes all
-but the first of those cheap). The embeddings, the attention mask and the LM head stay
-eager (the head runs on a few rows; the mask is built once per forward).
+Each decoder layer is compiled on its own with inductor and dynamic shapes: all layers share
+one graph per grad mode (plus one for the first layer in training, whose input needs no
+grad), and the packed row lengths that change every step do not trigger a recompilation
+(grouped_bmm attention keeps the length symbolic; a new graph comes only when the number of
+its 128-query blocks changes). With a KV cache (generate and beam evaluation) dynamo also
+specialises on each layer's cache slot. The embeddings, the attention mask and the LM head
+stay eager (the head runs on a few rows; the mask is built once per forward).
 Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
 embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
 matmuls stay in oneDNN / cuBLAS. Training and evaluation compile separate graphs (with and
@@ -44,10 +46,9 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
         # Read by inductor at every cache access (an earlier default does not stick).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
     layers = decoder_layers(model)
-    # Dynamo specialises on each layer's index (an int attribute the forward reads) and on
-    # whether its input needs grad (not for the first layer, whose embeddings are frozen):
-    # a few graphs per layer and grad mode, all from the one code object. Below this limit
-    # dynamo would silently run the remaining layers eager.
+    # Graphs per grad mode, input-needs-grad (not the first layer's: frozen embeddings),
+    # attention block count and, with a KV cache, layer: all from the one code object.
+    # Below this limit dynamo would silently run the remaining layers eager.
     limit = 8 * len(layers)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     torch._dynamo.config.accumulated_recompile_limit = max(

@@ -36,22 +36,31 @@ def batch(seed: int):
     def rand(n):
         return torch.randint(2, VOCAB, (n,), generator=gen).tolist()
 
-    prompts = [rand(19 + seed), rand(6), rand(31)]
+    prompts = [rand(19 + seed), rand(6), rand(29 + 2 * seed)]  # a new row length per seed
     completions = [[rand(3), rand(5)], [rand(4), rand(2), rand(6)], [rand(1)]]
     return prompts, completions
 
 
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def measure(model) -> dict:
     model.train()
+    graphs = []
     for seed in (3, 4):  # two row lengths: dynamic shapes, no recompilation
         model.zero_grad()
         logps = completion_logprobs(model, *batch(seed), 0).logprobs
         logps[torch.isfinite(logps)].sum().backward()
+        graphs.append(compiled_graphs())
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
     with torch.no_grad():
         scores = completion_logprobs(model, *batch(5), 0).logprobs
-    return {"logps": logps.detach(), "grads": grads, "scores": scores}
+    return {"logps": logps.detach(), "grads": grads, "scores": scores,
+            "graphs_after_each_batch": graphs}
 
 
 def main(out: Path) -> None:
