@@ -170,8 +170,10 @@ class HFLoaderConfig:
 class CompileConfig:
     # torch.compile every decoder layer (inductor, dynamic shapes) for training and
     # evaluation (eapo_exp/backbones/compile.py); its artefacts are cached in cache_dir.
+    # Not read from TORCHINDUCTOR_CACHE_DIR: importing transformers sets that variable to
+    # a /tmp default before this node resolves, which would send the artefacts there.
     enabled: bool = False
-    cache_dir: str = "${oc.env:TORCHINDUCTOR_CACHE_DIR,${paths.cache_dir}/inductor}"
+    cache_dir: str = "${paths.cache_dir}/inductor"
 
 
 @dataclass

@@ -124,3 +124,13 @@ def test_a_u_beta_experiment_takes_one_u_beta_value_from_the_command_line(experi
     experiment itself must compose EAPO's β schedule for beta_schedule.u_beta to exist."""
     cfg = compose_with([f"experiment={experiment}", "beta_schedule.u_beta=0.3"])
     assert (cfg.beta_schedule.name, cfg.beta_schedule.u_beta) == ("expert", 0.3)
+
+
+def test_inductor_artefacts_go_under_the_cache_dir_even_after_transformers_is_imported(
+        monkeypatch, tmp_path):
+    import transformers  # noqa: F401  (importing it sets TORCHINDUCTOR_CACHE_DIR to /tmp/...)
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_elsewhere")
+    monkeypatch.setenv("EAPO_CACHE_DIR", str(tmp_path))
+    cfg = compose_with(["backbone.compile.enabled=true"])
+    assert cfg.backbone.compile.cache_dir == f"{tmp_path}/inductor"

@@ -11,7 +11,7 @@ Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rota
 embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
 matmuls stay in oneDNN / cuBLAS. Training and evaluation compile separate graphs (with and
 without autograd) on first use; inductor's artefacts are cached on disk
-(TORCHINDUCTOR_CACHE_DIR, default paths.cache_dir/inductor), so a later process reuses them.
+(backbone.compile.cache_dir, default paths.cache_dir/inductor), so a later process reuses them.
 """
 
 from __future__ import annotations
