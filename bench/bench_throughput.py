@@ -150,7 +150,8 @@ def workloads(model, score_model=None):
         batch = pad_left(inputs, labels, pad, dev)
         keep = batch["logits_to_keep"]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], logits_to_keep=keep).logits
+                       position_ids=batch["position_ids"], logits_to_keep=keep,
+                       use_cache=False).logits
         response_nll(logits, batch["labels"][:, -keep:]).backward()
 
     def preference(k: int):

@@ -239,3 +239,30 @@ def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
     assert any((tmp_path / "inductor").iterdir())  # inductor's artefacts are cached there
     first_length, second_length = compiled["graphs_after_each_batch"]
     assert first_length > 0 and second_length == first_length  # a new length compiles nothing
+
+
+class _TwoRows:
+    """SFT micro-batches of two fixed rows (the real padding helper)."""
+
+    def batch(self, step: int, micro: int, device) -> dict[str, torch.Tensor]:
+        from eapo_exp.losses.sft import IGNORE_INDEX
+        from eapo_exp.training.sft import pad_left
+
+        inputs = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+        labels = [[IGNORE_INDEX] * 4 + [9, 10], [IGNORE_INDEX] * 2 + [13, 14]]
+        return pad_left(inputs, labels, 0, device)
+
+
+def test_sft_steps_build_no_kv_cache(tmp_path):
+    """A KV cache in a training forward is wasted memory, and under torch.compile it makes
+    dynamo specialise every decoder layer on its cache slot (30 graphs to trace, not 2)."""
+    from eapo_exp.training.settings import LoopSettings
+    from eapo_exp.training.sft import train_sft
+
+    model = apply_lora(llama(attention.ATTENTION_NAME), r=4, alpha=8, dropout=0.0)
+    caches = []
+    model.get_base_model().register_forward_hook(
+        lambda _module, _args, output: caches.append(output.past_key_values))
+    train_sft(model, _TwoRows(), LoopSettings(total_steps=2),
+              tmp_path / "ckpt", progress=False)
+    assert len(caches) == 2 and all(cache is None for cache in caches)

@@ -11,9 +11,10 @@ head are stacked as G x T rows against the same keys, so k and v are never repea
 softmax taken in the model dtype by torch's vectorised kernel (it accumulates in float32),
 and the mask applied as an additive bias (0 where allowed, the dtype's minimum elsewhere)
 built by transformers' eager mask function, or by the shared-prompt packer, once per
-forward and shared by every layer. In a causal layer the queries go in blocks of 128, each
-against the keys up to its last position only (the keys after it are masked anyway), which
-skips a third or more of the work at these lengths and keeps the score blocks in cache.
+forward and shared by every layer. In a causal eager layer the queries go in blocks of 128
+(under torch.compile in one), each against the keys up to its last position only (the keys
+after it are masked anyway), which skips a third or more of the work at these lengths and
+keeps the score blocks in cache.
 Autograd differentiates it with matmuls and one softmax backward per block.
 
 Registered with transformers under ATTENTION_NAME (load a model with
@@ -47,18 +48,29 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     # A causal layer never lets a query see a later key: a block of queries needs only the
     # keys up to its last position, which skips ~1/3 of the work at these lengths.
     causal = module is None or getattr(module, "is_causal", False)
-    block = QUERY_BLOCK if causal else q_len
-    pieces = []
-    # Counting the blocks (not ranging over q_len) keeps q_len symbolic under torch.compile:
-    # one graph serves every length with the same number of blocks.
-    for index in range((q_len + block - 1) // block):
-        start = index * block
-        end = min(start + block, q_len)
-        keys = k_len - q_len + end if causal else k_len
-        pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],
-                              value[:, :, :keys], bias[..., start:end, :keys], drop))
-    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
+    count, block = _query_blocks(q_len, causal)
+    if count == 1:
+        out = _attend(stacked, key, value, bias, drop)
+    else:
+        pieces = []
+        for index in range(count):
+            start = index * block
+            end = min(start + block, q_len)
+            keys = k_len - q_len + end
+            pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],
+                                  value[:, :, :keys], bias[..., start:end, :keys], drop))
+        out = torch.cat(pieces, dim=3)
     return out.view(bsz, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _query_blocks(q_len, causal: bool) -> tuple[int, int]:
+    """(number of query blocks, queries per block). Under torch.compile one block: a block
+    count that followed the length would be specialised (each new count compiling the layer
+    again), and a fixed count of length-sized blocks makes dynamo's symbolic reasoning over
+    the slices take minutes; the keys a block skips are ~10% of a layer's work at ~380."""
+    if not causal or torch.compiler.is_compiling():
+        return 1, q_len
+    return (q_len + QUERY_BLOCK - 1) // QUERY_BLOCK, QUERY_BLOCK
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,

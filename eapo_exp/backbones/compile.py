@@ -3,9 +3,10 @@
 Each decoder layer is compiled on its own with inductor and dynamic shapes: all layers share
 one graph per grad mode (plus one for the first layer in training, whose input needs no
 grad), and the packed row lengths that change every step do not trigger a recompilation
-(grouped_bmm attention keeps the length symbolic; a new graph comes only when the number of
-its 128-query blocks changes). With a KV cache (generate and beam evaluation) dynamo also
-specialises on each layer's cache slot. The embeddings, the attention mask and the LM head
+(grouped_bmm attention keeps the length symbolic: under compile it attends in one query
+block). A forward with a KV cache specialises every layer on its cache slot, so training and
+scoring forwards pass use_cache=False; generate evaluation, which needs the cache, compiles
+a graph per layer. The embeddings, the attention mask and the LM head
 stay eager (the head runs on a few rows; the mask is built once per forward).
 Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
 embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
@@ -39,15 +40,15 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) -> int:
     """Compile every decoder layer of `model` in place (lazily: the first forward with and
-    the first without autograd compile, ~1 min each on 2 CPU cores with a cold cache);
+    the first without autograd compile, 1-2 min each on 2 CPU cores with a cold cache);
     returns the number of layers."""
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         # Read by inductor at every cache access (an earlier default does not stick).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
     layers = decoder_layers(model)
-    # Graphs per grad mode, input-needs-grad (not the first layer's: frozen embeddings),
-    # attention block count and, with a KV cache, layer: all from the one code object.
+    # Graphs per grad mode, input-needs-grad (not the first layer's: frozen embeddings) and,
+    # with a KV cache, layer: all from the one code object.
     # Below this limit dynamo would silently run the remaining layers eager.
     limit = 8 * len(layers)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)

@@ -79,7 +79,8 @@ def train_sft(model, batches: SFTBatches, settings: LoopSettings, checkpoint_dir
         batch = batches.batch(step, micro, device)
         keep = batch["logits_to_keep"]
         logits = loop.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            position_ids=batch["position_ids"], logits_to_keep=keep).logits
+                            position_ids=batch["position_ids"], logits_to_keep=keep,
+                            use_cache=False).logits
         # Logits stay in the model dtype: response_nll upcasts a block of rows at a time.
         loss = response_nll(logits, batch["labels"][:, -keep:])
         return loss, {"response_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}

@@ -36,7 +36,9 @@ def batch(seed: int):
     def rand(n):
         return torch.randint(2, VOCAB, (n,), generator=gen).tolist()
 
-    prompts = [rand(19 + seed), rand(6), rand(29 + 2 * seed)]  # a new row length per seed
+    # A new row length per seed, across a multiple of the eager attention's 128-query
+    # blocks (seed 3: one block, seed 4: two), which must not recompile either.
+    prompts = [rand(19 + seed), rand(6), rand(100 + 60 * (seed - 3))]
     completions = [[rand(3), rand(5)], [rand(4), rand(2), rand(6)], [rand(1)]]
     return prompts, completions
 
