@@ -11,10 +11,9 @@ head are stacked as G x T rows against the same keys, so k and v are never repea
 softmax taken in the model dtype by torch's vectorised kernel (it accumulates in float32),
 and the mask applied as an additive bias (0 where allowed, the dtype's minimum elsewhere)
 built by transformers' eager mask function, or by the shared-prompt packer, once per
-forward and shared by every layer. In a causal eager layer the queries go in blocks of 128
-(under torch.compile in one), each against the keys up to its last position only (the keys
-after it are masked anyway), which skips a third or more of the work at these lengths and
-keeps the score blocks in cache.
+forward and shared by every layer. In a causal layer the queries go in blocks of 128, each
+against the keys up to its last position only (the keys after it are masked anyway), which
+skips a third or more of the work at these lengths and keeps the score blocks in cache.
 Autograd differentiates it with matmuls and one softmax backward per block.
 
 Registered with transformers under ATTENTION_NAME (load a model with
@@ -29,6 +28,10 @@ ATTENTION_NAME = "grouped_bmm"
 QUERY_BLOCK = 128  # queries per block of the causal split (measured: 64-256 all close)
 
 
+# Run eager under torch.compile (a graph break around the call): compiled, the block count
+# would be specialised (each new count compiling the layer again), and a single block over
+# all keys made inductor's fused softmax the slowest kernel of the layer at ~640 tokens.
+@torch.compiler.disable
 def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, scaling: float | None = None,
                           dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
@@ -64,11 +67,8 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
 
 
 def _query_blocks(q_len, causal: bool) -> tuple[int, int]:
-    """(number of query blocks, queries per block). Under torch.compile one block: a block
-    count that followed the length would be specialised (each new count compiling the layer
-    again), and a fixed count of length-sized blocks makes dynamo's symbolic reasoning over
-    the slices take minutes; the keys a block skips are ~10% of a layer's work at ~380."""
-    if not causal or torch.compiler.is_compiling():
+    """(number of query blocks, queries per block)."""
+    if not causal:
         return 1, q_len
     return (q_len + QUERY_BLOCK - 1) // QUERY_BLOCK, QUERY_BLOCK
 

@@ -1,18 +1,19 @@
 """torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
 
 Each decoder layer is compiled on its own with inductor and dynamic shapes: all layers share
-one graph per grad mode (plus one for the first layer in training, whose input needs no
-grad), and the packed row lengths that change every step do not trigger a recompilation
-(grouped_bmm attention keeps the length symbolic: under compile it attends in one query
-block). A forward with a KV cache specialises every layer on its cache slot, so training and
-scoring forwards pass use_cache=False; generate evaluation, which needs the cache, compiles
-a graph per layer. The embeddings, the attention mask and the LM head
-stay eager (the head runs on a few rows; the mask is built once per forward).
-Inductor fuses the elementwise work around the matmuls (RMSNorm in float32, rotary
-embeddings, SiLU gating, residual and LoRA adds, the attention bias and softmax); the
-matmuls stay in oneDNN / cuBLAS. Training and evaluation compile separate graphs (with and
-without autograd) on first use; inductor's artefacts are cached on disk
-(backbone.compile.cache_dir, default paths.cache_dir/inductor), so a later process reuses them.
+the same graphs per grad mode (plus one for the first layer in training, whose input needs
+no grad), and the packed row lengths that change every step do not trigger a
+recompilation. grouped_bmm attention runs eager between two compiled graphs of each layer
+(its query-block loop would specialise on the length). A forward with a KV cache
+specialises every layer on its cache slot, so training and scoring forwards pass
+use_cache=False; generate evaluation, which needs the cache, compiles a graph per layer.
+The embeddings, the attention mask and the LM head stay eager (the head runs on a few rows;
+the mask is built once per forward). Inductor fuses the elementwise work around the
+matmuls (RMSNorm in float32, rotary embeddings, SiLU gating, residual and LoRA adds; with
+sdpa also the attention); the matmuls stay in oneDNN / cuBLAS. Training and evaluation
+compile separate graphs (with and without autograd) on first use; inductor's artefacts are
+cached on disk (backbone.compile.cache_dir, default paths.cache_dir/inductor), so a later
+process reuses them.
 """
 
 from __future__ import annotations
