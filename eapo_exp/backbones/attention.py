@@ -51,26 +51,15 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     # A causal layer never lets a query see a later key: a block of queries needs only the
     # keys up to its last position, which skips ~1/3 of the work at these lengths.
     causal = module is None or getattr(module, "is_causal", False)
-    count, block = _query_blocks(q_len, causal)
-    if count == 1:
-        out = _attend(stacked, key, value, bias, drop)
-    else:
-        pieces = []
-        for index in range(count):
-            start = index * block
-            end = min(start + block, q_len)
-            keys = k_len - q_len + end
-            pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],
-                                  value[:, :, :keys], bias[..., start:end, :keys], drop))
-        out = torch.cat(pieces, dim=3)
+    block = QUERY_BLOCK if causal else q_len
+    pieces = []
+    for start in range(0, q_len, block):
+        end = min(start + block, q_len)
+        keys = k_len - q_len + end if causal else k_len
+        pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],
+                              value[:, :, :keys], bias[..., start:end, :keys], drop))
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
     return out.view(bsz, heads, q_len, dim).transpose(1, 2).contiguous(), None
-
-
-def _query_blocks(q_len, causal: bool) -> tuple[int, int]:
-    """(number of query blocks, queries per block)."""
-    if not causal:
-        return 1, q_len
-    return (q_len + QUERY_BLOCK - 1) // QUERY_BLOCK, QUERY_BLOCK
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
