@@ -66,7 +66,8 @@ def test_live_holder_on_another_host_keeps_its_claim(tmp_path):
     holder = multiprocessing.get_context("spawn").Process(target=hold_with_heartbeat,
                                                             args=(str(path), 2.0))
     holder.start()
-    while not path.exists():
+    # The holder creates the file, then writes its JSON: wait for both.
+    while not path.exists() or not path.read_text():
         time.sleep(0.01)
     # Seen from another host: the pid check cannot apply, only the heartbeat can.
     info = json.loads(path.read_text())
