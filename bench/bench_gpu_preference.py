@@ -15,6 +15,9 @@ Unknown devices print TFLOP/s only.
     python -m bench.bench_gpu_preference                  # CUDA; prints one summary line
     python -m bench.bench_gpu_preference --tiny           # small model, CPU, seconds
     python -m bench.bench_gpu_preference --attn flex_attention
+    python -m bench.bench_gpu_preference --compile --prompts 32   # torch.compile'd layers
+
+With --compile the warm-up steps include the compilation; its time is printed apart.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (8)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (20)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (3)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decoder layers (backbone.compile.enabled)")
     return parser.parse_args(argv)
 
 
@@ -150,6 +155,10 @@ def run(args: argparse.Namespace) -> dict:
     prompt_tokens, comp_tokens = ((30, 40), (3, 6)) if args.tiny else (PROMPT_TOKENS,
                                                                       COMPLETION_TOKENS)
     model, config = build_model(shape, args.attn, device, dtype)
+    if args.compile:
+        from eapo_exp.backbones.compile import compile_decoder_layers
+
+        compile_decoder_layers(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -163,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    losses, seconds, flops, tokens = [], 0.0, 0.0, 0
+    losses, seconds, flops, tokens, warmup_seconds = [], 0.0, 0.0, 0, 0.0
     for index, (prompts, completions) in enumerate(batches):
         synchronize(device)
         started = time.perf_counter()
@@ -175,9 +184,12 @@ def run(args: argparse.Namespace) -> dict:
             tokens += sum(len(p) + sum(len(c) for c in comps)
                           for p, comps in zip(prompts, completions))
             losses.append(loss.item())
+        else:
+            warmup_seconds += time.perf_counter() - started
     name, peak = peak_flops(device)
     result = {
-        "device": name, "attn": args.attn, "params": sum(p.numel() for p in model.parameters()),
+        "device": name, "attn": args.attn, "compiled": args.compile,
+        "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "params": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in params), "prompts": n_prompts, "steps": steps,
         "seconds_per_step": seconds / steps, "tokens_per_s": tokens / seconds,
         "tflops": flops / seconds / 1e12, "mfu": flops / seconds / peak if peak else None,
@@ -193,7 +205,9 @@ def report(r: dict) -> None:
     mfu = f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else "MFU n/a (unknown peak)"
     memory = (f", peak memory {r['peak_memory_gib']:.1f} GiB"
               if r["peak_memory_gib"] is not None else "")
-    print(f"preference step on {r['device']} ({r['attn']}): {r['params'] / 1e6:,.1f}M params, "
+    compiled = (f", compiled; {r['warmup_steps']} warm-up steps {r['warmup_seconds']:.1f} s"
+                if r["compiled"] else "")
+    print(f"preference step on {r['device']} ({r['attn']}{compiled}): {r['params'] / 1e6:,.1f}M params, "
           f"{r['trainable'] / 1e6:.2f}M trainable (LoRA r=8), {r['prompts']} prompts x "
           f"(1 + K={K}) completions, {r['steps']} timed steps{memory}")
     print(f"  {r['seconds_per_step']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s, "

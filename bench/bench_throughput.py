@@ -24,8 +24,8 @@ Useful FLOPs: 4*N*T for a LoRA training step (forward 2NT + the backward's input
 weights (every token passes through them; the head runs on a few rows), T = real tokens
 (each prompt once plus every completion). The peak is a bf16 matmul of the model's own
 shapes (tokens x 576 @ 576 x 1536, and 576 x 576) probed before every round; each step's
-TFLOP/s is given as a share of the probe just before it. On a GPU the same figure is its MFU against the measured
-matmul peak.
+TFLOP/s is given as a share of the probe just before it. On a GPU whose dense bf16 peak is
+known (bench.bench_gpu_preference.PEAK_BF16) an MFU column divides by that datasheet peak too.
 
     python -m bench throughput
     EAPO_BENCH_VARIANTS=eager,fast EAPO_BENCH_REPEATS=5 python -m bench throughput
@@ -251,16 +251,23 @@ def main() -> dict:
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     results, peaks, shape = measure(names, REPEATS)
     peak = statistics.median(peaks)
+    device_peak = None
+    if torch.cuda.is_available():
+        from bench.bench_gpu_preference import peak_flops
+
+        device_peak = peak_flops(torch.device("cuda"))[1]
     print(f"{where}, torch threads {torch.get_num_threads()}, {str(dtype)[6:]}: matmul peak "
           f"{peak:.3f} TFLOP/s ({shape}; median of {len(peaks)} probes, range "
           f"{min(peaks):.3f}-{max(peaks):.3f}); {PROMPTS} prompts of {PROMPT_TOKENS[0]}-"
           f"{PROMPT_TOKENS[1]} tokens, titles of {TITLE_TOKENS[0] + 1}-{TITLE_TOKENS[1] + 1}; "
           f"medians of {REPEATS} interleaved rounds, a new batch each round")
     print("of peak: the step's TFLOP/s over the probe taken just before it; vs eager: the "
-          "median of the rounds' ratios")
+          "median of the rounds' ratios"
+          + (f"; MFU: over the device's dense bf16 peak, {device_peak / 1e12:.0f} TFLOP/s"
+             if device_peak else ""))
     base = results.get("eager")
     print(f"{'workload':16s} {'variant':9s} {'s/step':>7s} {'TFLOP/s':>8s} {'of peak':>8s} "
-          f"{'vs eager':>8s} {'first call s':>12s}")
+          f"{'vs eager':>8s} {'first call s':>12s}" + (f" {'MFU':>6s}" if device_peak else ""))
     for workload in WORKLOADS:
         for name in names:
             r = results[name][workload]
@@ -273,8 +280,12 @@ def main() -> dict:
                      tflops=statistics.median(f / s / 1e12 for f, s in zip(r["flops"],
                                                                             r["seconds"])),
                      share_of_peak=statistics.median(r["share"]))
+            mfu = ""
+            if device_peak:
+                r["mfu"] = r["tflops"] * 1e12 / device_peak
+                mfu = f" {100 * r['mfu']:5.1f}%"
             print(f"{workload:16s} {name:9s} {seconds:7.2f} {r['tflops']:8.3f} "
-                  f"{100 * r['share_of_peak']:7.1f}% {ratio:>8s} {r['first_s']:12.1f}")
+                  f"{100 * r['share_of_peak']:7.1f}% {ratio:>8s} {r['first_s']:12.1f}{mfu}")
     return {"peak_tflops": peak, "peaks": peaks, "results": results}
 
 
