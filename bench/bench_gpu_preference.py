@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> dict:
     name, peak = peak_flops(device)
     result = {
         "device": name, "attn": args.attn, "compiled": args.compile,
-        "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "params": sum(p.numel() for p in model.parameters()),
+        "warmup_steps": warmup, "warmup_seconds": warmup_seconds,
+        "params": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in params), "prompts": n_prompts, "steps": steps,
         "seconds_per_step": seconds / steps, "tokens_per_s": tokens / seconds,
         "tflops": flops / seconds / 1e12, "mfu": flops / seconds / peak if peak else None,
@@ -207,9 +208,9 @@ def report(r: dict) -> None:
               if r["peak_memory_gib"] is not None else "")
     compiled = (f", compiled; {r['warmup_steps']} warm-up steps {r['warmup_seconds']:.1f} s"
                 if r["compiled"] else "")
-    print(f"preference step on {r['device']} ({r['attn']}{compiled}): {r['params'] / 1e6:,.1f}M params, "
-          f"{r['trainable'] / 1e6:.2f}M trainable (LoRA r=8), {r['prompts']} prompts x "
-          f"(1 + K={K}) completions, {r['steps']} timed steps{memory}")
+    print(f"preference step on {r['device']} ({r['attn']}{compiled}): "
+          f"{r['params'] / 1e6:,.1f}M params, {r['trainable'] / 1e6:.2f}M trainable (LoRA r=8), "
+          f"{r['prompts']} prompts x (1 + K={K}) completions, {r['steps']} timed steps{memory}")
     print(f"  {r['seconds_per_step']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s, "
           f"{r['tflops']:.1f} TFLOP/s, {mfu}, final loss {r['loss']:.4f}")
 
