@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check. Runs ON the GPU machine (Python 3.12 with torch, transformers, accelerate and
 # peft; no package registry), from the repository root, with .gpu_wheels/ carried along
-# (`make gpu-wheels` builds it on a machine that reaches PyPI). In under 8 minutes:
+# (`make gpu-wheels` builds it on a machine that reaches PyPI). In under 9 minutes (5 on an H200):
 #   install    the wheels into a temporary directory (pip --no-index --no-deps --target)
 #   gpu-tests  pytest -m gpu over the test files that have gpu-marked tests
 #   pipeline   the tiny pipeline (the test suite's fast overrides, stage=all method=eapo)
 #   multi-gpu  the same under `accelerate launch` with 2 processes (only where 2+ GPUs exist)
 #   bench      preference-step tokens/s and MFU on a ~1B Llama (bench/bench_gpu_preference.py)
+#   bench-large the same at 128 prompts per step, eager then torch.compile'd (8 prompts are
+#              launch-bound on an H200; compile has been seen to pay only at this size)
 #   throughput SmolLM2-sized SFT/preference/score steps vs the measured matmul peak
 #              (bench/bench_throughput.py, eager and fast variants)
 # Each check has its own timeout and a failed one does not stop the rest. The end is one line
@@ -128,6 +130,18 @@ bench() {
 }
 detail_bench() { grep -Eo '[0-9,]+ tokens/s, [0-9.]+ TFLOP/s, MFU [^,]+' "$1" || last_error "$1"; }
 
+bench_large() {  # eager, then compiled: two processes, so the second pays its compilation
+    local args=(--prompts 128 --steps 10)
+    [[ $HAS_CUDA == 1 ]] || args=(--tiny --device cpu --prompts 4)
+    "$PY" -m bench.bench_gpu_preference "${args[@]}" || return 1
+    "$PY" -m bench.bench_gpu_preference "${args[@]}" --compile
+}
+detail_bench_large() {
+    local mfu
+    mfu=$(grep -Eo '(MFU [0-9.]+%|MFU n/a)' "$1" | paste -sd' ')
+    [[ -n $mfu ]] && echo "eager / compiled: $mfu" || last_error "$1"
+}
+
 throughput() {  # SmolLM2-sized: eager vs fast, share of the measured matmul peak
     EAPO_BENCH_VARIANTS=${EAPO_BENCH_VARIANTS:-eager,fast} "$PY" -m bench throughput
 }
@@ -150,7 +164,7 @@ EOF
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 HAS_CUDA=$(( GPUS > 0 ))
 export PY WORK SITE WHEELS HAS_CUDA GPU_CHECK_ALLOW_CPU=${GPU_CHECK_ALLOW_CPU:-0}
-export -f install_wheels gpu_tests pipeline summarize_metrics bench throughput
+export -f install_wheels gpu_tests pipeline summarize_metrics bench bench_large throughput
 if [[ $HAS_CUDA == 0 && "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]]; then
     echo "no CUDA device visible (GPU_CHECK_ALLOW_CPU=1 rehearses the check on a CPU)"
     exit 1
@@ -171,6 +185,7 @@ else
     skip multi-gpu "$GPUS GPU(s)"
 fi
 check bench "${TIMEOUT_BENCH:-120}" bench
+check bench-large "${TIMEOUT_BENCH_LARGE:-300}" bench_large
 check throughput "${TIMEOUT_THROUGHPUT:-120}" throughput
 
 echo "=== summary (logs: $LOGS)"
