@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from eapo_exp.losses import response_nll
-from eapo_exp.losses.logprobs import _blocks, token_logprobs
+from eapo_exp.losses.logprobs import _blocks, _rows_per_block, token_logprobs
 
 
 def reference(logits, pred, tgt):
@@ -64,6 +64,24 @@ def test_blocks_cover_the_grid_once():
             assert (b1 - b0) * (r1 - r0) <= max(per, 1)
             seen[b0:b1, r0:r1] += 1
         assert bool((seen == 1).all()), (batch, rows, per)
+
+
+def test_cpu_blocks_are_cache_sized_and_change_no_value():
+    # A GPU takes few large blocks; a CPU a few MiB at a time (~21 rows of SmolLM2's vocabulary).
+    assert _rows_per_block(49152, None, torch.device("cuda")) == (1 << 27) // 49152
+    assert _rows_per_block(49152, None, torch.device("cpu")) == 21
+    assert _rows_per_block(49152, 5, torch.device("cpu")) == 5
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 50, 49152, generator=gen) * 3  # 5 blocks of rows per sample
+    pred = torch.randint(0, 50, (2, 40), generator=gen)
+    tgt = torch.randint(0, 49152, (2, 40), generator=gen)
+    weights = torch.randn(2, 40, generator=gen)
+    got, got_grad = value_and_grad(token_logprobs, logits, pred, tgt, weights)
+    one, one_grad = value_and_grad(lambda x, p, t: token_logprobs(x, p, t, block_rows=100),
+                                   logits, pred, tgt, weights)
+    assert torch.equal(got, one) and torch.equal(got_grad, one_grad)
+    want, _ = value_and_grad(reference, logits, pred, tgt, weights)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_token_logprobs_empty_and_bad_shapes():
