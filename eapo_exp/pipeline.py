@@ -7,6 +7,7 @@ outputs, history and W&B run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from eapo_exp.backbones.compile import compile_seconds
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.distributed import Runtime, default_runtime
@@ -76,26 +78,23 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
         metrics["method"] = method.display
     show = print_tables if runtime.is_main else lambda *args: None
 
-    started = time.perf_counter()
-    samples = prepare_samples(cfg.dataset, cache, runtime)
-    metrics["timings"]["data_s"] = round(time.perf_counter() - started, 2)
+    with timed(metrics, "data"):
+        samples = prepare_samples(cfg.dataset, cache, runtime)
     metrics["data"] = {**samples.stats, "fingerprint": samples.fingerprint}
 
     if stage is Stage.chatrec:  # no local model: a chat endpoint ranks the candidates
         from eapo_exp.chatrec.stage import run_chatrec
 
         label = record_row(metrics, METHODS["chatrec"])
-        started = time.perf_counter()
-        metrics["eval"] = {label: run_chatrec(cfg, samples, out, runtime)}
-        metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
+        with timed(metrics, f"eval_{label}"):
+            metrics["eval"] = {label: run_chatrec(cfg, samples, out, runtime)}
 
     if stage in (Stage.expert, Stage.preference, Stage.all):
         from eapo_exp.stages.expert_stage import run_expert_stage
 
-        started = time.perf_counter()
-        metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len,
-                                        runtime))
-        metrics["timings"]["expert_s"] = round(time.perf_counter() - started, 2)
+        with timed(metrics, "expert"):
+            metrics.update(run_expert_stage(cfg.expert, samples, cache, cfg.dataset.history_len,
+                                            runtime))
         record_row(metrics, METHODS["expert_only"], "expert")
         record_row(metrics, METHODS["popularity"])
         show({cfg.expert.name: metrics["expert"], "popularity": metrics["popularity"]},
@@ -105,50 +104,62 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
         from eapo_exp.stages.eval_stage import evaluate_adapter
         from eapo_exp.stages.sft_stage import prepare_sft, sft_info
 
-        started = time.perf_counter()
-        adapter = prepare_sft(cfg, samples, cache,
-                              on_log=lambda step, values: tracker.log("sft", step, values),
-                              runtime=runtime)
+        with timed(metrics, "sft"):
+            adapter = prepare_sft(cfg, samples, cache,
+                                  on_log=lambda step, values: tracker.log("sft", step, values),
+                                  runtime=runtime)
         metrics["sft"] = sft_info(adapter)
-        metrics["timings"]["sft_s"] = round(time.perf_counter() - started, 2)
         metrics["eval"] = {}
         if stage in (Stage.sft, Stage.all):
             label = record_row(metrics, sft_method(adapter is not None, cfg.prompt.item_repr))
-            started = time.perf_counter()
-            metrics["eval"][label] = evaluate_adapter(cfg, samples, adapter, out, label, cache,
-                                                      expert_artifact(metrics), runtime)
-            metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
+            with timed(metrics, f"eval_{label}"):
+                metrics["eval"][label] = evaluate_adapter(
+                    cfg, samples, adapter, out, label, cache, expert_artifact(metrics), runtime)
 
     if stage in (Stage.preference, Stage.all):
         from eapo_exp.stages.preference_stage import TRAINING_CURVE, prepare_preference
 
         label = record_row(metrics, method, extra=item_inputs)
-        started = time.perf_counter()
         logged_steps: list[int] = []
 
         def log_preference(step: int, values: dict) -> None:
             logged_steps.append(step)
             tracker.log("preference", step, values)
 
-        artifact = prepare_preference(cfg, samples, cache, adapter,
-                                      Path(metrics["expert"]["artifact"]), on_log=log_preference,
-                                      runtime=runtime)
-        metrics["preference"] = {"artifact": str(artifact),
-                                 **json.loads((artifact / "info.json").read_text())}
-        if not logged_steps and runtime.is_main:  # trained earlier: replay its curve
-            replay_training_curve(artifact / TRAINING_CURVE, "preference", tracker)
-        if runtime.is_main:
-            copy_training_arrays(artifact, out, tracker)
-        metrics["timings"]["preference_s"] = round(time.perf_counter() - started, 2)
-        started = time.perf_counter()
-        metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out, label,
-                                                  cache, expert_artifact(metrics), runtime)
-        metrics["timings"][f"eval_{label}_s"] = round(time.perf_counter() - started, 2)
+        with timed(metrics, "preference"):
+            artifact = prepare_preference(cfg, samples, cache, adapter,
+                                          Path(metrics["expert"]["artifact"]),
+                                          on_log=log_preference, runtime=runtime)
+            metrics["preference"] = {"artifact": str(artifact),
+                                     **json.loads((artifact / "info.json").read_text())}
+            if not logged_steps and runtime.is_main:  # trained earlier: replay its curve
+                replay_training_curve(artifact / TRAINING_CURVE, "preference", tracker)
+            if runtime.is_main:
+                copy_training_arrays(artifact, out, tracker)
+        with timed(metrics, f"eval_{label}"):
+            metrics["eval"][label] = evaluate_adapter(cfg, samples, artifact / "adapter", out,
+                                                      label, cache, expert_artifact(metrics),
+                                                      runtime)
 
     if metrics.get("eval") and runtime.is_main:
         metrics["analysis"] = collect_analysis(metrics["eval"], out)
         show(metrics["eval"], cfg.eval.splits, cfg.dataset.name)
     return metrics
+
+
+@contextlib.contextmanager
+def timed(metrics: dict, stage: str):
+    """Write the stage's wall seconds to metrics["timings"][f"{stage}_s"] and, when it
+    compiled anything (backbone.compile.enabled), the part spent compiling to
+    f"{stage}_compile_s"."""
+    started, compiling = time.perf_counter(), compile_seconds()
+    yield
+    metrics["timings"][f"{stage}_s"] = round(time.perf_counter() - started, 2)
+    compiled = compile_seconds() - compiling
+    if compiled > 0:
+        metrics["timings"][f"{stage}_compile_s"] = round(compiled, 2)
+        log.info("%s: %.1f s, of which %.1f s in torch.compile", stage,
+                 metrics["timings"][f"{stage}_s"], compiled)
 
 
 def record_row(metrics: dict, method: Method, label: str | None = None,

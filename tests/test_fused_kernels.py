@@ -239,6 +239,13 @@ def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
     assert any((tmp_path / "inductor").iterdir())  # inductor's artefacts are cached there
     first_length, second_length = compiled["graphs_after_each_batch"]
     assert first_length > 0 and second_length == first_length  # a new length compiles nothing
+    assert eager["compile_s_after_each_batch"] == [0.0, 0.0]
+    first_s, second_s = compiled["compile_s_after_each_batch"]
+    assert first_s > 0 and second_s == first_s
+    # The job's stage timer reports the compiling part of a stage, and only where there was one.
+    timings = results["timings"]
+    assert set(timings) == {"eager_s", "compiled_s", "compiled_compile_s"}
+    assert 0 < timings["compiled_compile_s"] <= timings["compiled_s"]
 
 
 class _TwoRows:

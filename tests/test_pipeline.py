@@ -112,6 +112,10 @@ def test_eapo_job_end_to_end(fast_config, tmp_path):
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     pref = [h for h in history if h["phase"] == "preference"]
     assert pref and {"rewards/margins", "rewards/accuracies", "beta/mean"} <= set(pref[-1])
+    # Every stage's wall time; no compile time where nothing was compiled.
+    timings = metrics["timings"]
+    assert set(timings) == {"data_s", "expert_s", "sft_s", "preference_s", "eval_eapo_s"}
+    assert all(seconds >= 0 for seconds in timings.values()) and timings["preference_s"] > 0
 
     # A second job with the same config reuses the trained model and still gets its curve.
     again = tmp_path / "again"

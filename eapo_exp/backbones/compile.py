@@ -13,13 +13,15 @@ matmuls (RMSNorm in float32, rotary embeddings, SiLU gating, residual and LoRA a
 sdpa also the attention); the matmuls stay in oneDNN / cuBLAS. Training and evaluation
 compile separate graphs (with and without autograd) on first use; inductor's artefacts are
 cached on disk (backbone.compile.cache_dir, default paths.cache_dir/inductor), so a later
-process reuses them.
+process reuses them. `compile_seconds` tells how long the process has spent compiling (the
+job's metrics.json reports it per stage).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -61,3 +63,12 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
              len(layers), type(model).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     return len(layers)
 
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in torch.compile so far: dynamo's tracing and inductor's
+    code generation and C++ compilation of forward and backward graphs (or their loading from
+    a warm artefact cache). 0.0 when nothing was compiled."""
+    utils = sys.modules.get("torch._dynamo.utils")  # never imported: nothing compiled
+    if utils is None:
+        return 0.0
+    return float(utils.calculate_time_spent().get("total_wall_time", 0.0))

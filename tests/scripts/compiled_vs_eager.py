@@ -1,6 +1,7 @@
 """The same LoRA model eager and with torch.compile'd decoder layers (grouped_bmm
 attention): completion log-probs and LoRA gradients of two training batches of different
-row lengths, and no-grad scores of a third. Saves both to <out>/results.pt. Runs in its own
+row lengths, and no-grad scores of a third, with the seconds spent compiling after each
+batch and the job's stage timer around each model. Saves both to <out>/results.pt. Runs in its own
 process: compilation leaves process-wide state (dynamo caches, inductor worker threads)
 that other tests must not inherit."""
 
@@ -13,8 +14,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from eapo_exp.backbones.attention import register
-from eapo_exp.backbones.compile import compile_decoder_layers
+from eapo_exp.backbones.compile import compile_decoder_layers, compile_seconds
 from eapo_exp.backbones.lora import apply_lora
+from eapo_exp.pipeline import timed
 from eapo_exp.training.shared_prefix import completion_logprobs
 
 VOCAB = 97
@@ -51,18 +53,19 @@ def compiled_graphs() -> int:
 
 def measure(model) -> dict:
     model.train()
-    graphs = []
+    graphs, compiling = [], []
     for seed in (3, 4):  # two row lengths: dynamic shapes, no recompilation
         model.zero_grad()
         logps = completion_logprobs(model, *batch(seed), 0).logprobs
         logps[torch.isfinite(logps)].sum().backward()
         graphs.append(compiled_graphs())
+        compiling.append(compile_seconds())
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
     with torch.no_grad():
         scores = completion_logprobs(model, *batch(5), 0).logprobs
     return {"logps": logps.detach(), "grads": grads, "scores": scores,
-            "graphs_after_each_batch": graphs}
+            "graphs_after_each_batch": graphs, "compile_s_after_each_batch": compiling}
 
 
 def main(out: Path) -> None:
@@ -71,8 +74,13 @@ def main(out: Path) -> None:
     layers = compile_decoder_layers(base, out / "inductor")
     compiled = apply_lora(base, r=4, alpha=8, dropout=0.0)
     compiled.load_state_dict(eager.state_dict())
-    torch.save({"eager": measure(eager), "compiled": measure(compiled), "layers": layers},
-               out / "results.pt")
+    timings: dict = {"timings": {}}
+    with timed(timings, "eager"):
+        eager_results = measure(eager)
+    with timed(timings, "compiled"):
+        compiled_results = measure(compiled)
+    torch.save({"eager": eager_results, "compiled": compiled_results, "layers": layers,
+                "timings": timings["timings"]}, out / "results.pt")
 
 
 if __name__ == "__main__":
