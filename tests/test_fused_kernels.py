@@ -239,6 +239,9 @@ def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
     assert any((tmp_path / "inductor").iterdir())  # inductor's artefacts are cached there
     first_length, second_length = compiled["graphs_after_each_batch"]
     assert first_length > 0 and second_length == first_length  # a new length compiles nothing
+    # Both layers share their training graphs (torch 2.13: 4; 7 while the first layer, fed
+    # by frozen embeddings, had forward and backward graphs of its own).
+    assert first_length == 4
     assert eager["compile_s_after_each_batch"] == [0.0, 0.0]
     first_s, second_s = compiled["compile_s_after_each_batch"]
     assert first_s > 0 and second_s == first_s

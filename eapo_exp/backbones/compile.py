@@ -1,8 +1,7 @@
 """torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
 
 Each decoder layer is compiled on its own with inductor and dynamic shapes: all layers share
-the same graphs per grad mode (plus one for the first layer in training, whose input needs
-no grad), and the packed row lengths that change every step do not trigger a
+the same graphs per grad mode, and the packed row lengths that change every step do not trigger a
 recompilation. grouped_bmm attention runs eager between two compiled graphs of each layer
 (its query-block loop would specialise on the length). A forward with a KV cache
 specialises every layer on its cache slot, so training and scoring forwards pass
@@ -50,8 +49,7 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
         # Read by inductor at every cache access (an earlier default does not stick).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
     layers = decoder_layers(model)
-    # Graphs per grad mode, input-needs-grad (not the first layer's: frozen embeddings) and,
-    # with a KV cache, layer: all from the one code object.
+    # Graphs per grad mode and, with a KV cache, per layer: all from the one code object.
     # Below this limit dynamo would silently run the remaining layers eager.
     limit = 8 * len(layers)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
@@ -59,6 +57,12 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
         torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
     for layer in layers:
         layer.compile(dynamic=True)
+    # Frozen embeddings hand the first layer an input that needs no grad, which would give
+    # that layer training graphs of its own (forward and backward: a third of a cold
+    # compile). An input that requires grad lets every layer share one pair; the cost is the
+    # first layer's input gradient, about 1/60 of a backward.
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
     log.info("torch.compile: %d decoder layers of %s (inductor, dynamic shapes; cache %s)",
              len(layers), type(model).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     return len(layers)
