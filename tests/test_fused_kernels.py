@@ -107,6 +107,68 @@ def test_grouped_bmm_values_and_gradients_match_naive_in_query_blocks(query_bloc
     assert max(relative(got[n], want[n]) for n in want) < 1e-5
 
 
+class _CausalLayer(torch.nn.Module):
+    is_causal = True
+
+
+def attention_inputs(dtype=torch.float64, q_len: int = 7, k_len: int = 10):
+    """GQA shapes (6 query heads on 2 key heads) with 3 cached keys before the queries and a
+    mask that also hides a few keys from every query; leaves that require grad."""
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+
+    query, key, value = leaf(2, 6, q_len, 4), leaf(2, 2, k_len, 4), leaf(2, 2, k_len, 4)
+    allowed = torch.ones(2, 1, q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+    allowed[0, :, :, 1] = False  # row 0: key 1 is padding
+    allowed[1, :, 2:, 0] = False
+    return query, key, value, allowed
+
+
+def naive_attention(query, key, value, allowed):
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scores = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return (probs @ value).transpose(1, 2)
+
+
+@pytest.mark.parametrize("block", [3, 128])
+def test_blocked_attention_backward_is_the_formulas_gradient(block, monkeypatch):
+    """The hand-written backward against autograd's numerical check (float64), over query
+    blocks, grouped heads, a KV cache and a padding mask, and the values against the formula."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", block)
+    query, key, value, allowed = attention_inputs()
+
+    def attend(q, k, v):
+        return attention.grouped_bmm_attention(_CausalLayer(), q, k, v, allowed)[0]
+
+    assert torch.allclose(attend(query, key, value), naive_attention(query, key, value, allowed))
+    assert torch.autograd.gradcheck(attend, (query, key, value))
+
+
+def test_attention_dropout_path_is_the_same_attention(monkeypatch):
+    """With dropout (training only) the blocks run through autograd; at a negligible rate
+    they give the blocked attention's values and gradients, at 0.5 they drop weights."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
+    layer = _CausalLayer().train()
+    results = []
+    for dropout in (0.0, 1e-12):
+        query, key, value, allowed = attention_inputs()
+        out = attention.grouped_bmm_attention(layer, query, key, value, allowed,
+                                              dropout=dropout)[0]
+        out.pow(2).sum().backward()
+        results.append((out, query.grad, key.grad, value.grad))
+    for blocked, with_dropout in zip(*results):
+        assert torch.allclose(blocked, with_dropout)
+    query, key, value, allowed = attention_inputs()
+    dropped = attention.grouped_bmm_attention(layer, query, key, value, allowed, dropout=0.5)[0]
+    assert not torch.allclose(dropped, results[0][0])
+    assert not torch.allclose(attention.grouped_bmm_attention(layer.eval(), query, key, value,
+                                                              allowed, dropout=0.5)[0], dropped)
+
+
 def test_grouped_bmm_matches_sdpa_with_padding_mask_and_kv_cache(query_block):
     sdpa = llama("sdpa")
     grouped = with_same_weights("grouped_bmm", sdpa)

@@ -14,7 +14,8 @@ built by transformers' eager mask function, or by the shared-prompt packer, once
 forward and shared by every layer. In a causal layer the queries go in blocks of 128, each
 against the keys up to its last position only (the keys after it are masked anyway), which
 skips a third or more of the work at these lengths and keeps the score blocks in cache.
-Autograd differentiates it with matmuls and one softmax backward per block.
+The backward is written out (BlockedAttention): matmuls and one softmax backward per block,
+the key and value gradients of all blocks added into one buffer by the matmuls themselves.
 
 Registered with transformers under ATTENTION_NAME (load a model with
 `attn_implementation="grouped_bmm"`, or `backbone.loader.attn_implementation=grouped_bmm`).
@@ -41,39 +42,120 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
         raise ValueError(f"{ATTENTION_NAME} attention supports neither softcap nor sliding "
                          "windows; use attn_implementation=eager or sdpa for this model")
-    bsz, heads, q_len, dim = query.shape
-    kv_heads, k_len = key.shape[1], key.shape[2]
-    groups = heads // kv_heads
+    q_len, dim = query.shape[2], query.shape[3]
+    k_len = key.shape[2]
     scale = dim ** -0.5 if scaling is None else scaling
     bias = _bias(attention_mask, q_len, k_len, query.dtype, query.device)
-    stacked = (query * scale).view(bsz, kv_heads, groups, q_len, dim)
     drop = dropout if module is not None and module.training else 0.0
     # A causal layer never lets a query see a later key: a block of queries needs only the
     # keys up to its last position, which skips ~1/3 of the work at these lengths.
     causal = module is None or getattr(module, "is_causal", False)
     block = QUERY_BLOCK if causal else q_len
-    pieces = []
+    if drop:
+        return _attention_with_dropout(query, key, value, bias, scale, block, causal, drop), None
+    return BlockedAttention.apply(query, key, value, bias, scale, block, causal), None
+
+
+def _blocks(q_len: int, k_len: int, block: int, causal: bool):
+    """(first query, end query, keys seen) of each query block."""
     for start in range(0, q_len, block):
         end = min(start + block, q_len)
-        keys = k_len - q_len + end if causal else k_len
-        pieces.append(_attend(stacked[:, :, :, start:end], key[:, :, :keys],
-                              value[:, :, :keys], bias[..., start:end, :keys], drop))
-    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
-    return out.view(bsz, heads, q_len, dim).transpose(1, 2).contiguous(), None
+        yield start, end, (k_len - q_len + end if causal else k_len)
 
 
-def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-            dropout: float) -> torch.Tensor:
-    """query [B, KV, G, T, D] (already scaled), key/value [B, KV, S, D], bias [B|1, 1, T, S]
-    -> [B, KV, G, T, D]. The G query heads of a key head are one [G*T, D] @ [D, S] matmul."""
-    bsz, kv_heads, groups, rows, dim = query.shape
-    scores = torch.matmul(query.reshape(bsz, kv_heads, groups * rows, dim),
-                          key.transpose(-1, -2))
-    scores.view(bsz, kv_heads, groups, rows, -1).add_(bias[:, :, None])
-    weights = torch.softmax(scores, dim=-1)
-    if dropout:
-        weights = torch.nn.functional.dropout(weights, p=dropout)
-    return torch.matmul(weights, value).view(bsz, kv_heads, groups, rows, dim)
+def _stack_queries(query: torch.Tensor, kv_heads: int, start: int, end: int) -> torch.Tensor:
+    """Rows start:end of query [B, H, T, D] as [B*KV, G*rows, D]: the G query heads of a key
+    head stacked into one matmul against its keys."""
+    bsz, heads, _, dim = query.shape
+    rows = query[:, :, start:end].reshape(bsz, kv_heads, heads // kv_heads, end - start, dim)
+    return rows.reshape(bsz * kv_heads, -1, dim)
+
+
+def _to_output_rows(out: torch.Tensor, rows: torch.Tensor, start: int, end: int) -> None:
+    """Write a block's rows [B*KV, G*rows, D] into out [B, T, H, D] at rows start:end."""
+    bsz, _, heads, dim = out.shape
+    out[:, start:end].copy_(rows.view(bsz, heads, end - start, dim).transpose(1, 2))
+
+
+class BlockedAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) v over causal query blocks, with a hand-written backward.
+
+    Autograd through the same formula slices the keys and values per block, so their
+    gradients are accumulated through zero-filled full-size tensors, and it keeps every
+    block's stacked query copy and a scaled query. Here the key and value gradients of
+    every block are added by the matmul itself (baddbmm, beta = 1) into one buffer, the
+    scale rides on the matmuls' alpha, and the output is written straight into the
+    [B, T, H, D] layout. Saved for the backward: q, k, v and each block's softmax weights,
+    as autograd saves."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, bias, scale: float, block: int, causal: bool):
+        bsz, heads, q_len, dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
+        groups = heads // kv_heads
+        keys_flat = key.reshape(bsz * kv_heads, k_len, dim)
+        values_flat = value.reshape(bsz * kv_heads, k_len, dim)
+        out = query.new_empty(bsz, q_len, heads, dim)
+        weights = []
+        for start, end, seen in _blocks(q_len, k_len, block, causal):
+            rows = _stack_queries(query, kv_heads, start, end)
+            scores = torch.baddbmm(rows.new_empty(()), rows, keys_flat[:, :seen].transpose(1, 2),
+                                   beta=0.0, alpha=scale)
+            scores.view(bsz, kv_heads, groups, end - start, seen).add_(
+                bias[:, :, None, start:end, :seen])
+            probs = torch.softmax(scores, dim=-1)
+            weights.append(probs)
+            _to_output_rows(out, torch.bmm(probs, values_flat[:, :seen]), start, end)
+        ctx.save_for_backward(query, key, value, *weights)
+        ctx.scale, ctx.block, ctx.causal = scale, block, causal
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, *weights = ctx.saved_tensors
+        scale, block, causal = ctx.scale, ctx.block, ctx.causal
+        bsz, heads, q_len, dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
+        groups = heads // kv_heads
+        keys_flat = key.reshape(bsz * kv_heads, k_len, dim)
+        values_flat = value.reshape(bsz * kv_heads, k_len, dim)
+        grad_query = torch.empty_like(query)
+        grad_key = torch.zeros(bsz * kv_heads, k_len, dim, dtype=key.dtype, device=key.device)
+        grad_value = torch.zeros_like(grad_key)
+        grad_rows = grad_out.transpose(1, 2)  # [B, H, T, D], a view
+        for (start, end, seen), probs in zip(_blocks(q_len, k_len, block, causal), weights):
+            d_out = _stack_queries(grad_rows, kv_heads, start, end)
+            grad_value[:, :seen].baddbmm_(probs.transpose(1, 2), d_out)
+            d_probs = torch.bmm(d_out, values_flat[:, :seen].transpose(1, 2))
+            d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+            rows = _stack_queries(query, kv_heads, start, end)
+            grad_key[:, :seen].baddbmm_(d_scores.transpose(1, 2), rows, alpha=scale)
+            d_rows = torch.baddbmm(d_scores.new_empty(()), d_scores, keys_flat[:, :seen],
+                                   beta=0.0, alpha=scale)
+            grad_query[:, :, start:end].copy_(
+                d_rows.view(bsz, kv_heads, groups, end - start, dim)
+                .reshape(bsz, heads, end - start, dim))
+        return (grad_query, grad_key.view_as(key), grad_value.view_as(value),
+                None, None, None, None)
+
+
+def _attention_with_dropout(query, key, value, bias, scale: float, block: int, causal: bool,
+                            dropout: float) -> torch.Tensor:
+    """The same blocks through autograd, with dropout on the attention weights."""
+    bsz, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    keys_flat = key.reshape(bsz * kv_heads, k_len, dim)
+    scaled = query * scale
+    pieces = []
+    for start, end, seen in _blocks(q_len, k_len, block, causal):
+        rows = _stack_queries(scaled, kv_heads, start, end)
+        scores = torch.bmm(rows, keys_flat[:, :seen].transpose(1, 2))
+        scores = scores.view(bsz, kv_heads, heads // kv_heads, end - start, seen) + \
+            bias[:, :, None, start:end, :seen]
+        probs = torch.nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout)
+        pieces.append(torch.matmul(probs, value[:, :, None, :seen]))  # [B, KV, G, rows, D]
+    out = torch.cat(pieces, dim=3).view(bsz, heads, q_len, dim)
+    return out.transpose(1, 2).contiguous()
 
 
 def _bias(mask: torch.Tensor | None, q_len: int, k_len: int, dtype: torch.dtype,
