@@ -302,8 +302,10 @@ def test_compiled_layers_match_eager_values_and_gradients(tmp_path):
     first_length, second_length = compiled["graphs_after_each_batch"]
     assert first_length > 0 and second_length == first_length  # a new length compiles nothing
     # Both layers share their training graphs (torch 2.13: 4; 7 while the first layer, fed
-    # by frozen embeddings, had forward and backward graphs of its own).
+    # by frozen embeddings, had forward and backward graphs of its own), and their no-grad
+    # graphs: scoring adds as many as training compiled.
     assert first_length == 4
+    assert compiled["graphs_after_scoring"] == 2 * first_length
     assert eager["compile_s_after_each_batch"] == [0.0, 0.0]
     first_s, second_s = compiled["compile_s_after_each_batch"]
     assert first_s > 0 and second_s == first_s

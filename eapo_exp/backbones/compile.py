@@ -60,12 +60,18 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
     # Frozen embeddings hand the first layer an input that needs no grad, which would give
     # that layer training graphs of its own (forward and backward: a third of a cold
     # compile). An input that requires grad lets every layer share one pair; the cost is the
-    # first layer's input gradient, about 1/60 of a backward.
-    if hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
+    # first layer's input gradient, about 1/60 of a backward. Without autograd it stays as
+    # it is, like every other layer's input there.
+    if hasattr(model, "get_input_embeddings"):
+        model.get_input_embeddings().register_forward_hook(_input_requires_grad)
     log.info("torch.compile: %d decoder layers of %s (inductor, dynamic shapes; cache %s)",
              len(layers), type(model).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     return len(layers)
+
+
+def _input_requires_grad(module, inputs, output: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and not output.requires_grad:
+        output.requires_grad_(True)
 
 
 def compile_seconds() -> float:

@@ -65,7 +65,8 @@ def measure(model) -> dict:
     with torch.no_grad():
         scores = completion_logprobs(model, *batch(5), 0).logprobs
     return {"logps": logps.detach(), "grads": grads, "scores": scores,
-            "graphs_after_each_batch": graphs, "compile_s_after_each_batch": compiling}
+            "graphs_after_each_batch": graphs, "compile_s_after_each_batch": compiling,
+            "graphs_after_scoring": compiled_graphs()}
 
 
 def main(out: Path) -> None:
