@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from eapo_exp.backbones import attention
 from eapo_exp.backbones.attention import register, resolve_attention
-from eapo_exp.backbones.compile import decoder_layers
+from eapo_exp.backbones.compile import compile_decoder_layers, cpp_compiler, decoder_layers
 from eapo_exp.backbones.lora import apply_lora, load_adapter, merge_for_inference, save_adapter
 from eapo_exp.backbones.lora_compute import set_lora_compute_dtype
 from eapo_exp.errors import ConfigError, ModelError
@@ -276,6 +276,21 @@ def test_lora_with_dropout_in_training_takes_peft_path():
     # (PEFT's forward draws the mask) and agree with the eval-mode value.
     model.eval()
     assert torch.allclose(first, second) and torch.allclose(first, model(ids).logits)
+
+
+def test_compile_without_a_cpp_compiler_runs_eager(tmp_path, monkeypatch, caplog):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("CXX", raising=False)
+    assert cpp_compiler() is None
+    model = llama("grouped_bmm")
+    with caplog.at_level("WARNING"):
+        assert compile_decoder_layers(model, tmp_path / "inductor") == 0
+    assert "none was found" in caplog.text
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+    monkeypatch.setenv("CXX", sys.executable)  # any executable named by CXX is taken
+    assert cpp_compiler() == sys.executable
 
 
 def test_decoder_layers_are_found_and_a_model_without_them_is_named():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,12 +44,17 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) -> int:
     """Compile every decoder layer of `model` in place (lazily: the first forward with and
     the first without autograd compile, 1-2 min each on 2 CPU cores with a cold cache);
-    returns the number of layers."""
+    returns the number of layers compiled (0 on a CPU without a C++ compiler: eager)."""
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         # Read by inductor at every cache access (an earlier default does not stick).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
     layers = decoder_layers(model)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and cpp_compiler() is None:
+        log.warning("backbone.compile.enabled=true: inductor needs a C++ compiler on a CPU and "
+                    "none was found (CXX, c++, g++, clang++ on PATH); running eager")
+        return 0
     # Graphs per grad mode and, with a KV cache, per layer: all from the one code object.
     # Below this limit dynamo would silently run the remaining layers eager.
     limit = 8 * len(layers)
@@ -67,6 +73,15 @@ def compile_decoder_layers(model, cache_dir: str | os.PathLike | None = None) ->
     log.info("torch.compile: %d decoder layers of %s (inductor, dynamic shapes; cache %s)",
              len(layers), type(model).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     return len(layers)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU kernels with (CXX, else c++ / g++ / clang++
+    on PATH), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def _input_requires_grad(module, inputs, output: torch.Tensor) -> None:
