@@ -64,7 +64,7 @@ def byte_bpe_tokenizer(corpus, vocab_size: int = 600):
 @pytest.fixture(scope="session")
 def smollm2_copy(tmp_path_factory) -> Path:
     """The packaged SmolLM2-135M-Instruct as a local model directory: converted from its GGUF
-    once per session (~25 s), or reused from $EAPO_MODEL_CACHE."""
+    once per session (~5 s), or reused from $EAPO_MODEL_CACHE."""
     from eapo_exp.backbones.smollm2 import ensure_converted
 
     cache = os.environ.get("EAPO_MODEL_CACHE") or str(tmp_path_factory.mktemp("smollm2_cache"))
