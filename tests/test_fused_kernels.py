@@ -148,6 +148,41 @@ def test_blocked_attention_backward_is_the_formulas_gradient(block, monkeypatch)
     assert torch.autograd.gradcheck(attend, (query, key, value))
 
 
+def test_scoring_attention_skips_only_keys_no_query_of_its_block_sees(monkeypatch):
+    """Without autograd, a causal layer with a mask runs each query block over the keys some
+    query of the block may see: the formula's values on a shared-prompt layout (where keys
+    are skipped), dense blocks where a query may see no key, and a new plan for a changed
+    mask."""
+    from eapo_exp.training.shared_prefix import _allowed_mask
+
+    monkeypatch.setattr(attention, "LIVE_KEY_BLOCK", 4)
+    # -1 padding, 0 prompt, k > 0 completion k (two rows, prompts ending at the same column)
+    seg = torch.tensor([[-1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, -1, -1],
+                        [0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 4, 4, 4]])
+    allowed = _allowed_mask(seg)
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 6, 18, 4, generator=gen, dtype=torch.float64)
+    key, value = (torch.randn(2, 2, 18, 4, generator=gen, dtype=torch.float64)
+                  for _ in range(2))
+    lowest = torch.finfo(torch.float64).min
+    bias = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, lowest)
+    layer = _CausalLayer()
+    with torch.no_grad():
+        out = attention.grouped_bmm_attention(layer, query, key, value, bias)[0]
+        assert torch.allclose(out, naive_attention(query, key, value, allowed))
+        plan = attention._plan_cache[0][2]
+        # Queries 12-15 see the prompt and completions 3 and 4 only: keys 5-9 are skipped.
+        start, end, keys, _ = plan[3]
+        assert (start, end) == (12, 16) and keys is not None
+        assert set(keys.tolist()).isdisjoint(range(5, 10))
+        bias[0, 0, 9] = lowest  # query 9 of row 0 may now see no key at all
+        changed = attention.grouped_bmm_attention(layer, query, key, value, bias)[0]
+        new_plan = attention._plan_cache[0][2]
+        assert new_plan is not plan and new_plan[2][2] is None  # its block keeps every key
+        dense = attention.BlockedAttention.apply(query, key, value, bias, 0.5, 4, True)
+    assert torch.allclose(changed, dense)
+
+
 def test_attention_dropout_path_is_the_same_attention(monkeypatch):
     """With dropout (training only) the blocks run through autograd; at a negligible rate
     they give the blocked attention's values and gradients, at 0.5 they drop weights."""

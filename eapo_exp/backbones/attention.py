@@ -16,6 +16,9 @@ against the keys up to its last position only (the keys after it are masked anyw
 skips a third or more of the work at these lengths and keeps the score blocks in cache.
 The backward is written out (BlockedAttention): matmuls and one softmax backward per block,
 the key and value gradients of all blocks added into one buffer by the matmuls themselves.
+Without autograd (scoring, reference log-probs) blocks of 64 queries go over only the keys
+that some query of the block may see (`_attention_over_live_keys`): when 21 candidate titles
+follow one prompt, a title's queries skip the other titles' keys.
 
 Registered with transformers under ATTENTION_NAME (load a model with
 `attn_implementation="grouped_bmm"`, or `backbone.loader.attn_implementation=grouped_bmm`).
@@ -53,6 +56,10 @@ def grouped_bmm_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     block = QUERY_BLOCK if causal else q_len
     if drop:
         return _attention_with_dropout(query, key, value, bias, scale, block, causal, drop), None
+    if (causal and attention_mask is not None and q_len == k_len
+            and not torch.is_grad_enabled()):
+        plan = _live_key_plan(attention_mask, bias)
+        return _attention_over_live_keys(query, key, value, scale, plan), None
     return BlockedAttention.apply(query, key, value, bias, scale, block, causal), None
 
 
@@ -137,6 +144,67 @@ class BlockedAttention(torch.autograd.Function):
                 .reshape(bsz, heads, end - start, dim))
         return (grad_query, grad_key.view_as(key), grad_value.view_as(value),
                 None, None, None, None)
+
+
+# Scoring packs many short completions after one prompt: a completion's queries see the
+# prompt and their own completion, so most keys between are masked for a whole block of
+# them. Without autograd, blocks of 64 queries go over only the keys that some query of the
+# block may see (measured on a 4 x 724-token score batch, one layer: 15.4 ms in blocks of 128
+# over every causal key, 11.9 ms here).
+LIVE_KEY_BLOCK = 64
+_plan_cache: list = []  # [(mask, signature, plan)]: one forward's mask, shared by its layers
+
+
+def _live_key_plan(mask: torch.Tensor, bias: torch.Tensor) -> list:
+    """Per query block: (start, end, key indices or None for all keys up to `end`, the
+    block's bias over those keys). Computed once per mask and reused by every layer; the
+    mask is kept referenced, so no other tensor can take its memory while the plan is
+    cached."""
+    signature = (mask.data_ptr(), tuple(mask.shape), mask.stride(), mask.dtype,
+                 mask._version, tuple(bias.shape), bias.dtype, LIVE_KEY_BLOCK)
+    if _plan_cache and _plan_cache[0][1] == signature:
+        return _plan_cache[0][2]
+    q_len = bias.shape[2]
+    allowed = bias > torch.finfo(bias.dtype).min
+    plan = []
+    for start in range(0, q_len, LIVE_KEY_BLOCK):
+        end = min(start + LIVE_KEY_BLOCK, q_len)
+        block = allowed[:, :, start:end, :end]
+        live = block.flatten(0, 2).any(0)
+        keys = live.nonzero().squeeze(1)
+        # A row that may see no key gets uniform weights over every key, as the dense path
+        # gives it; so do blocks where skipping would save little.
+        if keys.numel() > 0.9 * end or not bool(block.any(-1).all()):
+            plan.append((start, end, None, bias[:, :, start:end, :end]))
+        else:
+            plan.append((start, end, keys,
+                         bias[:, :, start:end, :end].index_select(-1, keys).contiguous()))
+    _plan_cache[:] = [(mask, signature, plan)]
+    return plan
+
+
+def _attention_over_live_keys(query, key, value, scale: float, plan: list) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v, each query block over its live keys only (no
+    autograd). A key masked for every query of a block has weight exactly 0 there."""
+    bsz, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    keys_flat = key.reshape(bsz * kv_heads, -1, dim)
+    values_flat = value.reshape(bsz * kv_heads, -1, dim)
+    out = query.new_empty(bsz, q_len, heads, dim)
+    for start, end, keys, bias in plan:
+        rows = _stack_queries(query, kv_heads, start, end)
+        if keys is None:
+            block_keys, block_values = keys_flat[:, :end], values_flat[:, :end]
+        else:
+            block_keys = keys_flat.index_select(1, keys)
+            block_values = values_flat.index_select(1, keys)
+        scores = torch.baddbmm(rows.new_empty(()), rows, block_keys.transpose(1, 2),
+                               beta=0.0, alpha=scale)
+        scores.view(bsz, kv_heads, groups, end - start, -1).add_(bias[:, :, None])
+        _to_output_rows(out, torch.bmm(torch.softmax(scores, dim=-1), block_values),
+                        start, end)
+    return out
 
 
 def _attention_with_dropout(query, key, value, bias, scale: float, block: int, causal: bool,
