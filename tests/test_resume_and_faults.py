@@ -159,17 +159,26 @@ def test_killed_preference_run_resumes_to_same_metrics(fast_config, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
     resumed = run_stages(fast_config(*overrides, cache=cache), RunTracker(out), out)
-    assert 0 < resumed["preference"]["resumed_from_step"] < 24
+    resumed_from = resumed["preference"]["resumed_from_step"]
+    assert 0 < resumed_from < 24
+    # The resumed artifact tells the whole run: every logged step and every pair's beta.
+    # Steps are compared first, so a divergence names its first step: at or before
+    # `resumed_from` the killed process differed from the in-process run, after it the resume.
+    resumed_artifact = Path(resumed["preference"]["artifact"])
+    curve = [json.loads(line) for line in (resumed_artifact / "training_curve.jsonl").open()]
+    expected = [json.loads(line) for line in full_curve.splitlines()]
+    assert [row["step"] for row in curve] == [row["step"] for row in expected]
+    for row, want in zip(curve, expected):
+        assert row["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), (
+            f"step {row['step']}: loss {row['loss']!r} against {want['loss']!r} without the "
+            f"kill (resumed from step {resumed_from}); all steps: "
+            f"{[(r['step'], r['loss']) for r in curve]} against "
+            f"{[(r['step'], r['loss']) for r in expected]}")
     for key in ("hr@1", "hr@5", "ndcg@5"):
         assert resumed["eval"]["beta_dpo"]["test"][key] == pytest.approx(
             uninterrupted["eval"]["beta_dpo"]["test"][key])
     torch.testing.assert_close(
         torch.tensor(resumed["preference"]["final"]["loss"]),
         torch.tensor(uninterrupted["preference"]["final"]["loss"]), rtol=1e-5, atol=1e-6)
-    # The resumed artifact tells the whole run: every logged step and every pair's beta.
-    resumed_artifact = Path(resumed["preference"]["artifact"])
-    curve = [json.loads(line) for line in (resumed_artifact / "training_curve.jsonl").open()]
-    expected = [json.loads(line) for line in full_curve.splitlines()]
-    assert [row["step"] for row in curve] == [row["step"] for row in expected]
     np.testing.assert_allclose(np.load(resumed_artifact / "train_betas.npy"), full_betas,
                                rtol=1e-5)
