@@ -172,7 +172,8 @@ class CompileConfig:
     # evaluation (eapo_exp/backbones/compile.py); its artefacts are cached in cache_dir.
     # Not read from TORCHINDUCTOR_CACHE_DIR: importing transformers sets that variable to
     # a /tmp default before this node resolves, which would send the artefacts there.
-    enabled: bool = False
+    # true, false or auto: compile on a CPU with AMX-BF16 only, where it pays end to end.
+    enabled: Any = False
     cache_dir: str = "${paths.cache_dir}/inductor"
 
 

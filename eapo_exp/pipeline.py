@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from eapo_exp.backbones.compile import compile_seconds
+from eapo_exp.backbones.compile import compile_seconds, resolve_auto_compile
 from eapo_exp.cache import ArtifactCache
 from eapo_exp.config import Stage
 from eapo_exp.distributed import Runtime, default_runtime
@@ -63,6 +63,7 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     from eapo_exp.stages.data_stage import prepare_samples
 
     runtime = runtime or default_runtime()
+    resolve_auto_compile(cfg, runtime.device)
     stage = Stage(cfg.stage)
     # First: a loss or β schedule without a row in the method table fails before training.
     method = job_method(stage.value, cfg.loss.name, cfg.beta_schedule.name,
@@ -254,6 +255,8 @@ def run_job(cfg: DictConfig) -> float | None:
     tracker = None
     try:
         validate_config(cfg)  # first: a bad logger value must not reach wandb.init
+        if resolve_auto_compile(cfg, runtime.device) and main:  # record what ran
+            (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker = make_tracker(cfg, out, runtime)
         seed_everything(cfg.seed)
         if cfg.torch_threads > 0:

@@ -8,6 +8,7 @@ import difflib
 
 from omegaconf import DictConfig, OmegaConf
 
+from eapo_exp.backbones.compile import compile_setting
 from eapo_exp.data.samples import validate_sample_params
 from eapo_exp.errors import ConfigError
 from eapo_exp.training.settings import validate_expert_training
@@ -23,6 +24,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_eval(cfg.eval)
     validate_logger(cfg.logger)
     validate_prompt(cfg.prompt)
+    compile_setting(cfg.backbone.compile.enabled)
 
     from eapo_exp.config import Stage
 

@@ -52,6 +52,30 @@ def test_resolve_dtype_names():
         resolve_dtype("int4")
 
 
+@pytest.mark.parametrize("flags,amx,bf16", [
+    ("fpu avx2 avx512f avx512_bf16", False, True),   # AMD EPYC (Zen 4)
+    ("fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16", True, True),  # Sapphire Rapids
+    ("fpu avx2", False, False),
+])
+def test_cpu_features_come_from_the_cpuinfo_flags(monkeypatch, tmp_path, flags, amx, bf16):
+    from eapo_exp.backbones import dtype
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+    real_path = dtype.Path
+    monkeypatch.setattr(dtype, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo"
+                        else real_path(name))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    dtype.cpu_has_amx.cache_clear()
+    dtype.cpu_has_native_bf16.cache_clear()
+    try:
+        assert dtype.cpu_has_amx() is amx
+        assert dtype.cpu_has_native_bf16() is bf16
+    finally:
+        dtype.cpu_has_amx.cache_clear()
+        dtype.cpu_has_native_bf16.cache_clear()
+
+
 # ---------------------------------------------------------------- tiny
 def test_tiny_loads_with_special_tokens(tiny):
     tok = tiny.tokenizer

@@ -37,6 +37,7 @@ def test_unknown_stage_fails():
     ("dataset.history_len=0", "history_len"),
     ("expert.data_fraction=1.5", "data_fraction"),
     ("expert.data_fraction=0", "data_fraction"),
+    ("backbone.compile.enabled=yes", "backbone.compile.enabled must be true, false or auto"),
 ])
 def test_out_of_range_rejected(override, needle):
     with pytest.raises(ConfigError, match=needle):

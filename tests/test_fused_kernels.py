@@ -15,8 +15,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from eapo_exp.backbones import attention
+from eapo_exp.backbones import compile as compile_module
 from eapo_exp.backbones.attention import register, resolve_attention
-from eapo_exp.backbones.compile import compile_decoder_layers, cpp_compiler, decoder_layers
+from eapo_exp.backbones.compile import (
+    compile_decoder_layers,
+    compile_wanted,
+    cpp_compiler,
+    decoder_layers,
+)
 from eapo_exp.backbones.lora import apply_lora, load_adapter, merge_for_inference, save_adapter
 from eapo_exp.backbones.lora_compute import set_lora_compute_dtype
 from eapo_exp.errors import ConfigError, ModelError
@@ -326,6 +332,31 @@ def test_compile_without_a_cpp_compiler_runs_eager(tmp_path, monkeypatch, caplog
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
     monkeypatch.setenv("CXX", sys.executable)  # any executable named by CXX is taken
     assert cpp_compiler() == sys.executable
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_compile_auto_compiles_on_a_cpu_with_amx_only(monkeypatch, amx):
+    monkeypatch.setattr(compile_module, "cpu_has_amx", lambda: amx)
+    assert compile_wanted("auto", "cpu") is amx
+    assert compile_wanted(" AUTO ", torch.device("cpu")) is amx
+    assert compile_wanted("auto", "cuda") is False  # opt-in on a GPU
+    assert compile_wanted(True, "cuda") is True and compile_wanted(False, "cpu") is False
+    with pytest.raises(ConfigError, match="got 'yes'"):
+        compile_wanted("yes", "cpu")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_compile_auto_resolves_to_the_fingerprint_of_what_ran(monkeypatch, amx):
+    from eapo_exp.stages.llm import backbone_spec
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(compile_module, "cpu_has_amx", lambda: amx)
+    cfg = compose_config(["backbone.compile.enabled=auto"])
+    assert compile_module.resolve_auto_compile(cfg, "cpu") is True
+    assert cfg.backbone.compile.enabled is amx
+    explicit = compose_config([f"backbone.compile.enabled={str(amx).lower()}"])
+    assert backbone_spec(cfg.backbone) == backbone_spec(explicit.backbone)
+    assert compile_module.resolve_auto_compile(cfg, "cpu") is False  # already resolved
 
 
 def test_decoder_layers_are_found_and_a_model_without_them_is_named():

@@ -1,4 +1,5 @@
-"""torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`).
+"""torch.compile of a backbone's decoder layers (`backbone.compile.enabled=true`, or `auto`:
+on a CPU with AMX-BF16 only).
 
 Each decoder layer is compiled on its own with inductor and dynamic shapes: all layers share
 the same graphs per grad mode, and the packed row lengths that change every step do not
@@ -26,9 +27,45 @@ from pathlib import Path
 
 import torch
 
-from eapo_exp.errors import ModelError
+from eapo_exp.backbones.dtype import cpu_has_amx
+from eapo_exp.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
+
+
+def compile_wanted(enabled, device: torch.device | str) -> bool:
+    """`backbone.compile.enabled` (true, false or auto) on `device`. `auto` compiles on a CPU
+    with AMX-BF16 only: there a cold compile paid for itself within `make run` (2026-12-06);
+    on an AMD EPYC with AVX512-BF16 the compiled run was 3% slower, and on a GPU compiling
+    paid only from ~128 prompts per step (docs/results/compile_auto_2026-12-06,
+    docs/results/gpu_h200_2026-12-04)."""
+    enabled = compile_setting(enabled)
+    if enabled == "auto":
+        return torch.device(device).type == "cpu" and cpu_has_amx()
+    return enabled
+
+
+def resolve_auto_compile(cfg, device: torch.device | str) -> bool:
+    """Replace backbone.compile.enabled=auto in a job's config by what it means on `device`,
+    so the artifact fingerprints and the job's resolved config say whether the layers ran
+    compiled (their numbers differ by bf16 rounding). True when it replaced `auto`."""
+    if compile_setting(cfg.backbone.compile.enabled) != "auto":
+        return False
+    cfg.backbone.compile.enabled = compile_wanted("auto", device)
+    kind = torch.device(device).type
+    log.info("backbone.compile.enabled=auto -> %s (%s)", cfg.backbone.compile.enabled,
+             "a CPU with AMX-BF16" if cfg.backbone.compile.enabled
+             else "a CPU without AMX-BF16" if kind == "cpu" else f"{kind}: opt-in there")
+    return True
+
+
+def compile_setting(enabled) -> bool | str:
+    """True, False or "auto"; any other value of backbone.compile.enabled raises ConfigError."""
+    if isinstance(enabled, bool):
+        return enabled
+    if isinstance(enabled, str) and enabled.strip().lower() == "auto":
+        return "auto"
+    raise ConfigError(f"backbone.compile.enabled must be true, false or auto, got {enabled!r}")
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -26,6 +26,29 @@ _NAMES = {
 CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX-BF16 tile instructions (Intel Sapphire Rapids and later)."""
+    capability = ""
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        capability = ""
+    return "AMX" in capability.upper() or "amx_bf16" in _cpu_flags()
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX-BF16)."""
@@ -36,15 +59,7 @@ def cpu_has_native_bf16() -> bool:
         capability = ""
     if "BF16" in capability.upper() or "AMX" in capability.upper():
         return True
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: stay on the safe side
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})  # not Linux: False, the safe side
 
 
 def auto_dtype(device: str | torch.device | None = None) -> torch.dtype:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eapo_exp.backbones import hybrid_items
 from eapo_exp.backbones.base import LoadedBackbone, contiguous_head_input
-from eapo_exp.backbones.compile import compile_decoder_layers
+from eapo_exp.backbones.compile import compile_decoder_layers, compile_wanted
 from eapo_exp.backbones.lora import apply_lora
 from eapo_exp.data.prompts import TEMPLATES, PromptBuilder
 from eapo_exp.data.schema import SampleSet
@@ -36,7 +36,7 @@ def load_backbone(backbone_cfg: DictConfig, samples: SampleSet,
         log.warning("%s has %.1fB parameters and runs on the CPU (no CUDA device visible): "
                     "every forward will be slow", loaded.name, parameters / 1e9)
     contiguous_head_input(loaded.model)
-    if backbone_cfg.compile.enabled:
+    if compile_wanted(backbone_cfg.compile.enabled, loaded.model.device):
         compile_decoder_layers(loaded.model, backbone_cfg.compile.cache_dir)
     return loaded
 
