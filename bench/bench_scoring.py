@@ -69,8 +69,8 @@ def synthetic_batch(rng: np.random.Generator, vocab: int, eos: int):
     return prompt, comps
 
 
+@torch.no_grad()  # not a global switch: `python -m bench` runs the training benches after this
 def main() -> dict:
-    torch.set_grad_enabled(False)
     if os.environ.get("EAPO_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["EAPO_BENCH_THREADS"]))
     num_samples = int(os.environ.get("EAPO_BENCH_SAMPLES", "3"))
