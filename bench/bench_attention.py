@@ -33,6 +33,7 @@ from bench.bench_throughput import REPEATS, make_inputs, timed_once
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 9, 3, 64, 30
 CALLS = 5
 VARIANTS = ("grouped_bmm", "sdpa")
+# layout -> (titles after each prompt, timed with a backward)
 WORKLOADS = {"sft": (1, True), "preference K=3": (4, True), "score": (21, False)}
 
 
