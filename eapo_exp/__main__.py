@@ -39,6 +39,10 @@ def main() -> None:
         exec("None")  # noqa: S102 - a constant string
         print(f"eapo-exp: interrupted; resume with: {rerun_command()}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    if "torch" in sys.modules:  # a job ran (--help and --cfg import no torch)
+        from eapo_exp.distributed import end_processes
+
+        end_processes()
 
 
 if __name__ == "__main__":

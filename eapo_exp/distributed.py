@@ -100,6 +100,18 @@ def default_runtime() -> Runtime:
     return _DEFAULT
 
 
+def end_processes() -> None:
+    """Once every job of this process has finished: wait for the job's other processes, then
+    destroy the process group (nothing to do on one process). Left to interpreter exit,
+    gloo's worker threads can still hold tensors while Python is torn down, and a process
+    that finished its job aborts ("terminate called without an active exception", SIGABRT;
+    pytorch/pytorch#190489). Call it on success only: after a failure another process may be
+    waiting in a collective that will never complete."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def gather_in_order(runtime: Runtime, keyed: list[tuple[int, Any]]) -> list[Any]:
     """Values of (global index, value) pairs from every process, sorted by index."""
     return [value for _, value in sorted(runtime.gather(keyed), key=lambda pair: pair[0])]

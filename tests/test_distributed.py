@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eapo_exp.distributed import shard_range
+from eapo_exp.distributed import end_processes, shard_range
 from eapo_exp.training.checkpoint import latest_checkpoint
 from tests.conftest import FAST
 
@@ -74,6 +74,34 @@ def test_shards_cover_every_item_once():
             shards = [shard_range(count, processes, rank) for rank in range(processes)]
             assert [i for shard in shards for i in shard] == list(range(count))
             assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def _gather_then_end(rank: int, store: str, results) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    ranks = [None, None]
+    dist.all_gather_object(ranks, rank)
+    if rank == 1:
+        time.sleep(1.0)  # the other process reaches the end first and must wait here
+    end_processes()
+    results.put((rank, ranks, dist.is_initialized()))
+
+
+def test_end_processes_waits_for_every_process_then_destroys_the_group(tmp_path):
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_gather_then_end,
+                               args=(rank, str(tmp_path / "store"), results))
+               for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    reports = sorted(results.get(timeout=5) for _ in workers)
+    assert reports == [(0, [0, 1], False), (1, [0, 1], False)]
 
 
 def test_two_process_step_equals_one_process_step(tmp_path):
