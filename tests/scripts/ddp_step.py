@@ -11,7 +11,7 @@ import torch
 
 from eapo_exp.backbones import TinyBackbone
 from eapo_exp.backbones.lora import apply_lora
-from eapo_exp.distributed import default_runtime
+from eapo_exp.distributed import default_runtime, end_processes
 from eapo_exp.training.loop import LoopSettings, TrainLoop
 
 GRAD_ACCUM = 4
@@ -56,6 +56,7 @@ def main(out: Path) -> None:
     if runtime.is_main:
         torch.save({"num_processes": runtime.num_processes, "stats": logged, "grads": grads},
                    out / "result.pt")
+    end_processes()
 
 
 if __name__ == "__main__":
