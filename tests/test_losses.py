@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eapo_exp.beta import gradient_factor
+from eapo_exp.beta import BetaInputs, FixedBeta, gradient_factor
 from eapo_exp.errors import ConfigError
 from eapo_exp.losses import (
     CPOLoss,
@@ -96,6 +96,24 @@ def test_ipo_standard_form_and_its_relation_to_eq12():
     assert torch.allclose(paper, betas[:, 0] ** 2 * standard, rtol=1e-12)
     with pytest.raises(ConfigError, match="loss.form"):
         IPOLoss(form="trl")
+
+
+def test_float32_beta_runs_in_the_logprobs_precision():
+    # With float64 log-probs, IPO's 1/(2β) is float64: from FixedBeta told the log-probs'
+    # dtype, and from a Python number.
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    beta = FixedBeta(0.3)(BetaInputs(rejected_mask=mask, logp_dtype=torch.float64)).beta
+    assert beta.dtype == torch.float64
+    target = 1.0 / (2.0 * 0.3)
+    expected = ((2.0 - target) ** 2 + (0.5 - target) ** 2) / 2
+    for given in (beta, 0.3):
+        out = IPOLoss(form="standard")(_tiny(), given)
+        assert out.loss.dtype == torch.float64
+        assert out.loss.item() == pytest.approx(expected, rel=1e-14, abs=0)
+    # A float32 β is widened, never narrowed the other way.
+    assert FixedBeta(0.3)(BetaInputs(rejected_mask=mask)).beta.dtype == torch.float32
+    out = IPOLoss(form="standard")(_tiny(), torch.tensor(0.3, dtype=torch.float32))
+    assert out.loss.dtype == torch.float64
 
 
 def test_ipo_length_normalized_hand_computed():

@@ -26,6 +26,8 @@ class BetaInputs:
     margins: Tensor | None = None
     expert_chosen: Tensor | None = None
     expert_rejected: Tensor | None = None
+    # The loss's log-prob dtype: β is computed in at least its precision.
+    logp_dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         mask = self.rejected_mask
@@ -50,7 +52,7 @@ class BetaInputs:
 
     def float_dtype(self) -> torch.dtype:
         """The inputs' float dtype, at least float32: β is never computed in half precision."""
-        dtype = torch.float32
+        dtype = torch.promote_types(torch.float32, self.logp_dtype)
         for value in (self.margins, self.expert_rejected):
             if value is not None and value.is_floating_point():
                 dtype = torch.promote_types(dtype, value.dtype)

@@ -209,9 +209,12 @@ class PreferenceLoss(nn.Module, abc.ABC):
         if flat_mean_over is not None and not flat_mean_over > 0:
             raise ValueError(f"flat_mean_over must be > 0, got {flat_mean_over}")
         b, k = batch.batch_size, batch.num_rejected
-        beta = torch.as_tensor(beta, device=batch.policy_rejected.device)
-        if not beta.is_floating_point():
-            beta = beta.to(batch.policy_rejected.dtype)
+        # β in at least the log-probs' precision (a float32 β against float64 log-probs would
+        # compute IPO's 1/(2β) in float32); a Python number is made in that dtype directly.
+        dtype = batch.policy_rejected.dtype
+        if isinstance(beta, Tensor) and beta.is_floating_point():
+            dtype = torch.promote_types(beta.dtype, dtype)
+        beta = torch.as_tensor(beta, dtype=dtype, device=batch.policy_rejected.device)
         try:
             beta = torch.broadcast_to(beta, (b, k))
         except RuntimeError as exc:

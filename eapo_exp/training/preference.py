@@ -34,6 +34,9 @@ from eapo_exp.training.shared_prefix import completion_logprobs
 
 log = logging.getLogger(__name__)
 
+# Log-probs enter the loss (and β its schedule) in float32 whatever the model computes in.
+LOGP_DTYPE = torch.float32
+
 
 class PreferenceBatches:
     """Micro-batches of preference examples with their cached reference and expert tensors."""
@@ -123,7 +126,7 @@ class PreferenceStep:
         prompts, completions = zip(*(b.tokens(i) for i in idx))
         device = self._device()
         out = completion_logprobs(self.model, list(prompts), list(completions), self.pad_id)
-        policy = out.logprobs.float()
+        policy = out.logprobs.to(LOGP_DTYPE)
         counts = out.counts.to(device)
         ref = (b.reference["logps"][idx].to(device) if b.reference is not None else None)
         return PreferenceLogps(
@@ -153,7 +156,8 @@ class PreferenceStep:
         out = self.schedule(BetaInputs(
             rejected_mask=torch.ones(len(idx), b.num_rejected, dtype=torch.bool, device=device),
             margins=margins, expert_chosen=scores[:, 0] if scores is not None else None,
-            expert_rejected=scores[:, 1:] if scores is not None else None))
+            expert_rejected=scores[:, 1:] if scores is not None else None,
+            logp_dtype=LOGP_DTYPE))
         flat_mean_over = None
         if out.flat_mean:  # every micro-batch's loss is over the step's kept pairs
             kept = int(out.keep.sum()) if out.keep is not None else out.beta.numel()
