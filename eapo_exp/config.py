@@ -263,6 +263,11 @@ class PreferenceConfig(LoopConfig):
     reference_batch_size: int = 4
     # Training prompts whose final reward discrepancy is measured after training.
     analysis_samples: int = 128
+    # Held-out preference diagnostics (eapo_exp/training/heldout.py): this many validation
+    # samples, each target against all its other candidates, scored under the reference and
+    # after training; 0 = off. heldout_every > 0 also scores them every that many steps.
+    heldout_samples: int = 256
+    heldout_every: int = 0
 
 
 @dataclass

@@ -231,6 +231,16 @@ def copy_training_arrays(artifact: Path, out: Path, tracker: RunTracker) -> None
                                   np.load(artifact / name).tolist())
 
 
+def heldout_summary(metrics: dict) -> dict:
+    """The held-out preference diagnostics after training, for the W&B run's summary."""
+    result = (metrics.get("preference") or {}).get("heldout")
+    if not result:
+        return {}
+    values = {f"preference/heldout/{name}": value["mean"]
+              for name, value in result["after"].items()}
+    return {**values, "preference/heldout/trained": result["trained"]}
+
+
 def objective(metrics: dict) -> float | None:
     """Validation HR@1 of the job's last evaluated model: what a Hydra sweeper optimises."""
     evaluations = metrics.get("eval") or {}
@@ -268,9 +278,11 @@ def run_job(cfg: DictConfig) -> float | None:
         if main:
             write_json(out / "metrics.json", metrics)
             log.info("wrote %s", out / "metrics.json")
-        tracker.summary({f"{label}/{split}/{k}": v for label, splits in metrics.get("eval", {}).items()
-                         for split, values in splits.items() for k, v in values.items()
-                         if isinstance(v, (int, float))})
+        tracker.summary({**{f"{label}/{split}/{k}": v
+                            for label, splits in metrics.get("eval", {}).items()
+                            for split, values in splits.items() for k, v in values.items()
+                            if isinstance(v, (int, float))},
+                         **heldout_summary(metrics)})
         tracker.finish()
         return objective(metrics)
     except KeyboardInterrupt:  # __main__ prints the resume command and exits 130

@@ -272,7 +272,7 @@ def test_report_files(sweep: Path):
     result = build_report(sweep)
     out = sweep / "report"
     assert {p.name for p in result["files"]} == {"report.csv", "summary.csv", "summary.md",
-                                                 "comparisons.csv"}
+                                                 "comparisons.csv", "learning.csv"}
     report = pd.read_csv(out / "report.csv")
     assert len(report) == 42
     summary = pd.read_csv(out / "summary.csv")

@@ -10,6 +10,7 @@ import pandas as pd
 
 from eapo_exp.report.grouping import axis_label, hashable, missing, sort_value, split_names
 from eapo_exp.report.jobs import JobRecord
+from eapo_exp.report.learning import SUMMARY_COLUMN, learning_markdown, untrained_note
 from eapo_exp.report.summary import analysis_table
 
 if TYPE_CHECKING:
@@ -22,8 +23,10 @@ def summary_markdown(summary: pd.DataFrame, title: str = "", digits: int = 4) ->
         return (f"### {title}\n\n" if title else "") + "_no results_"
     metrics = [c for c in summary.columns if f"{c}_mean" in summary.columns]
     axes = [c for c in summary.columns
-            if c not in ("split", "method", "seeds", "n") and c not in metrics
+            if c not in ("split", "method", "seeds", "n", SUMMARY_COLUMN) and c not in metrics
             and not c.endswith(("_mean", "_std", "_gain", "_ci_low", "_ci_high"))]
+    if SUMMARY_COLUMN in summary.columns:  # beside HR@1
+        metrics.insert(metrics.index("hr@1") + 1 if "hr@1" in metrics else 0, SUMMARY_COLUMN)
     header = ["method", *[axis_label(a) for a in axes], *metrics, "seeds", "n"]
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(header) + " |")
@@ -52,8 +55,11 @@ def _analysis_markdown(jobs: list[JobRecord]) -> list[str]:
 
 def render_markdown(root: Path, df: pd.DataFrame, summary: pd.DataFrame, problems: list[dict],
                     jobs: list[JobRecord], split: str = "test",
-                    stats: SweepStatistics | None = None) -> str:
-    """The report; `stats` adds each split's paired comparisons."""
+                    stats: SweepStatistics | None = None,
+                    learning: pd.DataFrame | None = None, axes: list[str] = ()) -> str:
+    """The report; `stats` adds each split's paired comparisons, `learning`
+    (eapo_exp.report.learning.job_learning, rows keyed by `axes`) whether each preference
+    row trained."""
     ok = [job for job in jobs if job.ok]
     seeds = sorted({hashable(job.seed) for job in ok if job.seed is not None}, key=sort_value)
     lines = [f"# Sweep report: {root}", "",
@@ -63,6 +69,10 @@ def render_markdown(root: Path, df: pd.DataFrame, summary: pd.DataFrame, problem
               "and, where per-sample predictions exist, [95% CI] of the mean: percentile "
               "bootstrap over test samples, pooled over seeds. n: test samples per seed."),
              ""]
+    learning = learning if learning is not None else pd.DataFrame()
+    note = untrained_note(learning, list(axes))
+    if note:
+        lines += [note, ""]
     if stats is not None and stats.note:
         lines += [stats.note, ""]
     splits = split_names(df)
@@ -74,6 +84,8 @@ def render_markdown(root: Path, df: pd.DataFrame, summary: pd.DataFrame, problem
         lines += [summary_markdown(table, title=f"Split: {name}"), ""]
         section = stats.markdown(name) if stats is not None else ""
         lines += [section, ""] if section else []
+    section = learning_markdown(learning, list(axes))
+    lines += [section, ""] if section else []
     lines += _analysis_markdown(jobs)
     lines.append(f"### Failed or missing jobs ({len(problems)})")
     lines.append("")

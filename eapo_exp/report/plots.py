@@ -17,6 +17,7 @@ from eapo_exp.report.grouping import BASES, axis_columns, axis_label, method_ran
 from eapo_exp.report.jobs import JobRecord, rows_from_jobs, scan_jobs
 from eapo_exp.report.training_plots import (
     plot_expert_betas,
+    plot_heldout_learning,
     plot_reward_discrepancy,
     plot_reward_margins,
 )
@@ -239,6 +240,7 @@ def make_plots(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, split: 
     labels = _job_groups(jobs, df)
     steps += [
         lambda: plot_reward_margins(jobs, labels, out / "reward_margins.png"),
+        lambda: plot_heldout_learning(jobs, labels, out / "heldout_learning.png"),
         lambda: plot_reward_discrepancy(jobs, labels, out / "reward_discrepancy.png"),
         lambda: plot_expert_betas(jobs, labels, out / "expert_betas.png"),
     ]

@@ -154,3 +154,46 @@ def plot_expert_betas(jobs: list[JobRecord], labels: dict[str, str],
             if values is not None:
                 groups[labels[job.job]].append(values)
     return _plot_histograms(groups, out_path, "β per training pair", "β")
+
+
+HELDOUT_PANELS = (("heldout/reward_accuracy", "held-out reward accuracy", 0.5),
+                  ("heldout/likelihood_hr@1", "held-out HR@1 (policy's own ranking)", None))
+
+
+def plot_heldout_learning(jobs: list[JobRecord], labels: dict[str, str],
+                          out_path: Path) -> Path | None:
+    """Held-out reward accuracy and HR@1 against preference examples seen (the curve every
+    train.preference.heldout_every steps, and the last step), mean over seeds; HR@1 starts
+    at the reference's value (0 examples)."""
+    curves: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    for job in jobs:
+        if job.job not in labels or not (job.path / "history.jsonl").is_file():
+            continue
+        history = read_history(job.path / "history.jsonl")
+        keys = [key for key, _, _ in HELDOUT_PANELS]
+        if history.empty or not set(keys) <= set(history) or \
+                "heldout/examples_seen" not in history:
+            continue
+        table = history.dropna(subset=keys).groupby("heldout/examples_seen")[keys].mean()
+        before = (((job.metrics or {}).get("preference") or {}).get("heldout") or {}) \
+            .get("before", {}).get("likelihood_hr@1", {}).get("mean")
+        if before is not None:
+            table.loc[0, "heldout/likelihood_hr@1"] = before
+        curves[labels[job.job]].append(table.sort_index())
+    if not curves:
+        return None
+    fig, axes = new_figure(ncols=len(HELDOUT_PANELS))
+    for ax, (key, title, chance) in zip(axes, HELDOUT_PANELS):
+        for label, tables in sorted_groups(curves):
+            joined = pd.concat([t[key] for t in tables], axis=1)
+            mean = joined.mean(axis=1).dropna()
+            ax.plot(mean.index, mean.values, marker="o", markersize=3,
+                    label=f"{label} [{len(tables)} run(s)]")
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xlabel("preference examples seen")
+        ax.set_ylabel(title)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, out_path)

@@ -29,6 +29,12 @@ from eapo_exp.stages.llm import (
     prompt_spec,
 )
 from eapo_exp.training.batches import subset_indices
+from eapo_exp.training.heldout import (
+    CHANCE_ACCURACY,
+    HELDOUT_SPLIT,
+    HeldoutProbe,
+    heldout_examples,
+)
 from eapo_exp.training.preference import PreferenceBatches, train_preference
 from eapo_exp.training.preference_data import compute_logps, make_examples
 from eapo_exp.training.settings import LoopSettings, validate_loop
@@ -44,6 +50,9 @@ def validate_preference(cfg: DictConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"train.preference.num_rejected must be in [1, dataset.num_negatives="
                           f"{cfg.dataset.num_negatives}], got {pcfg.num_rejected}")
     validate_loop(pcfg, "train.preference", num_processes)
+    for key in ("heldout_samples", "heldout_every"):
+        if pcfg[key] < 0:
+            raise ConfigError(f"train.preference.{key} must be >= 0, got {pcfg[key]}")
     if pcfg.reference_batch_size <= 0:
         raise ConfigError(f"train.preference.reference_batch_size must be > 0, got "
                           f"{pcfg.reference_batch_size}")
@@ -71,12 +80,21 @@ def load_examples(cfg: DictConfig, samples: SampleSet):
                          cfg.dataset.sample_seed)
 
 
+def heldout_spec(cfg: DictConfig, samples: SampleSet) -> dict:
+    return {"samples": samples.fingerprint, "split": HELDOUT_SPLIT,
+            "count": cfg.train.preference.heldout_samples, "seed": cfg.dataset.sample_seed,
+            "rejected": "all other candidates"}
+
+
 def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
-                    sft_adapter: Path | None, examples,
-                    runtime: Runtime) -> dict[str, torch.Tensor]:
+                    sft_adapter: Path | None, examples, runtime: Runtime,
+                    kind: str = "reference_logps", examples_key: dict | None = None,
+                    description: str = "reference log-probs") -> dict[str, torch.Tensor]:
     """Log-probs of every example's completions under the frozen reference, sharded over
-    the processes and gathered."""
-    spec = {"format": PREFERENCE_FORMAT_VERSION, "examples": examples_spec(cfg, samples),
+    the processes and gathered; cached as artifact `kind`, keyed by `examples_key` (default:
+    the training examples)."""
+    spec = {"format": PREFERENCE_FORMAT_VERSION,
+            "examples": examples_key or examples_spec(cfg, samples),
             "reference": str(sft_adapter.parent.name) if sft_adapter else "base",
             "backbone": backbone_spec(cfg.backbone),
             "prompt": prompt_spec(cfg.prompt)}
@@ -90,10 +108,10 @@ def reference_logps(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
         check_item_repr(model, builder, sft_adapter)
         tensors = compute_logps(model, builder, samples.catalog, examples,
                                 cfg.train.preference.reference_batch_size,
-                                loaded.tokenizer.pad_token_id, runtime=runtime)
+                                loaded.tokenizer.pad_token_id, description, runtime=runtime)
         torch.save(tensors, directory / "reference.pt")
 
-    path = cache.get_or_build("reference_logps", spec, build, runtime, collective=True)
+    path = cache.get_or_build(kind, spec, build, runtime, collective=True)
     with reading(path):
         return torch.load(path / "reference.pt", weights_only=True)
 
@@ -115,6 +133,38 @@ def expert_scores(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache, exp
     path = cache.get_or_build("expert_scores", spec, build, runtime)
     with reading(path):
         return torch.load(path / "scores.pt", weights_only=True)
+
+
+def heldout_reference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache,
+                      sft_adapter: Path | None, runtime: Runtime):
+    """(held-out examples, their log-probs under the reference), or None when
+    train.preference.heldout_samples is 0."""
+    count = cfg.train.preference.heldout_samples
+    if count == 0:
+        return None
+    examples = heldout_examples(samples, count, cfg.dataset.sample_seed)
+    logps = reference_logps(cfg, samples, cache, sft_adapter, examples, runtime,
+                            kind="heldout_reference", examples_key=heldout_spec(cfg, samples),
+                            description="held-out reference log-probs")["logps"]
+    return examples, logps
+
+
+def log_heldout(result: dict, loss: str, schedule: str) -> None:
+    after = result["after"]
+
+    def cell(name: str) -> str:
+        value = after[name]
+        return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+
+    line = (f"held-out preference ({loss} x {schedule}; {result['samples']} {result['split']} "
+            f"samples x {result['negatives']} negatives): reward accuracy "
+            f"{cell('reward_accuracy')}, implicit-reward HR@1 {cell('implicit_hr@1')}, "
+            f"chosen log-prob change {cell('chosen_logp_change')} nats")
+    if result["trained"]:
+        log.info("%s", line)
+    else:
+        log.warning("%s: the stage DID NOT TRAIN (reward accuracy not above %.1f with 95%% "
+                    "confidence)", line, CHANCE_ACCURACY)
 
 
 def final_discrepancy(model, builder, samples: SampleSet, examples, reference, pcfg,
@@ -169,6 +219,7 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
         examples = load_examples(cfg, samples)
         reference = (None if loss.reference_free
                      else reference_logps(cfg, samples, cache, sft_adapter, examples, runtime))
+        heldout = heldout_reference(cfg, samples, cache, sft_adapter, runtime)
         scores = (expert_scores(cfg, samples, cache, expert_dir, examples, runtime)
                   if schedule.needs_expert_scores else None)
         loaded = load_backbone(cfg.backbone, samples, runtime.device)
@@ -190,9 +241,18 @@ def prepare_preference(cfg: DictConfig, samples: SampleSet, cache: ArtifactCache
             if on_log is not None:
                 on_log(step_number, values)
 
-        info, step = train_preference(model, batches, loss, schedule,
-                                      loaded.tokenizer.pad_token_id, settings,
-                                      work / "checkpoints", on_log=record, runtime=runtime)
+        pad_id = loaded.tokenizer.pad_token_id
+        probe = (HeldoutProbe(builder, samples.catalog, *heldout, pcfg.reference_batch_size,
+                              pad_id, runtime) if heldout else None)
+        info, step = train_preference(model, batches, loss, schedule, pad_id, settings,
+                                      work / "checkpoints", on_log=record, runtime=runtime,
+                                      probe=probe, probe_every=pcfg.heldout_every)
+        if probe is not None:
+            if probe.last_step != settings.total_steps:  # resumed after its last step
+                probe(model, settings.total_steps)
+            info["heldout"] = probe.result()
+            if runtime.is_main:
+                log_heldout(info["heldout"], cfg.loss.name, cfg.beta_schedule.name)
         # Kept with the artifact so a job that reuses it still has the training curve.
         with open(directory / TRAINING_CURVE, "w") as handle:
             handle.writelines(json.dumps(row, default=float) + "\n" for row in curve)

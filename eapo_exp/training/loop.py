@@ -157,10 +157,14 @@ class TrainLoop:
                 f"{latest_checkpoint(self.checkpoint_dir) or self.checkpoint_dir}")
         return self.runtime.mean(sums)
 
-    def run(self, step_loss: StepLoss, state: Any = None) -> dict[str, Any]:
+    def run(self, step_loss: StepLoss, state: Any = None,
+            probe: Callable[[int], dict[str, float]] | None = None,
+            probe_every: int = 0) -> dict[str, Any]:
         """Train from the latest checkpoint (or from scratch) to total_steps. state: an object
         with state_dict()/load_state_dict() saved with every checkpoint (the preference
-        step: the β schedule's running statistics and the per-pair records), or None."""
+        step: the β schedule's running statistics and the per-pair records), or None.
+        probe(step): values measured on the model after the last step and every probe_every
+        steps (> 0), logged in that step's row (a collective call under several processes)."""
         from tqdm.auto import tqdm
 
         self.state = state
@@ -185,7 +189,11 @@ class TrainLoop:
             self.last_stats = sums
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
-            if done % s.log_every == 0 or done == s.total_steps:
+            probed = probe is not None and (done == s.total_steps
+                                            or (probe_every > 0 and done % probe_every == 0))
+            if probed:
+                sums.update(probe(done))
+            if done % s.log_every == 0 or done == s.total_steps or probed:
                 self.history.append({"step": done, **sums})
                 if self.on_log is not None:
                     self.on_log(done, sums)

@@ -194,12 +194,21 @@ def _order(record: tuple[int, torch.Tensor]) -> int:
 def train_preference(model, batches: PreferenceBatches, loss: PreferenceLoss,
                      schedule: BetaSchedule, pad_id: int, settings: LoopSettings,
                      checkpoint_dir: Path, on_log: Callable | None = None,
-                     progress: bool = True,
-                     runtime: Runtime | None = None) -> tuple[dict, PreferenceStep]:
+                     progress: bool = True, runtime: Runtime | None = None,
+                     probe: Callable | None = None,
+                     probe_every: int = 0) -> tuple[dict, PreferenceStep]:
     """Train the LoRA-wrapped `model` in place; returns the loop statistics and the step
-    (its per-pair records)."""
+    (its per-pair records). probe(model, step) -> values (the held-out diagnostics) runs
+    after the last step and every probe_every steps; its values are logged with the
+    preference examples seen so far."""
     loop = TrainLoop(model, settings, checkpoint_dir, on_log=on_log, progress=progress,
                      description="preference", runtime=runtime)
     step = PreferenceStep(loop.model, batches, loss, schedule, pad_id, loop.micro_batches,
                           runtime)
-    return loop.run(step, state=step), step
+    per_step = batches.schedule.batch_size * batches.grad_accum
+
+    def measure(done: int) -> dict[str, float]:
+        return {**probe(loop.model, done), "heldout/examples_seen": done * per_step}
+
+    return loop.run(step, state=step, probe=measure if probe else None,
+                    probe_every=probe_every), step

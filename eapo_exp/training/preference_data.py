@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreferenceExample:
-    row: int  # index into the training split
-    sample: dict  # the training sample (history, target, candidates, ...)
+    row: int  # index into its split
+    sample: dict  # the sample (history, target, candidates, ...)
     rejected: list[int]
+    # Training prompts use the sample's epoch-0 training template; another split (held-out
+    # pairs) uses the evaluation template.
+    split: str = "train"
 
     @property
     def chosen(self) -> int:
@@ -58,9 +61,9 @@ def make_examples(train_rows: list[dict], rows: list[int], k: int,
 
 def tokenize_example(builder: PromptBuilder, catalog: ItemCatalog,
                      example: PreferenceExample) -> tuple[list[int], list[list[int]]]:
-    """Prompt ids (history + the sample's full candidate list, its epoch-0 template) and the
-    completion ids of [chosen] + rejected, each title + EOS."""
-    built: PromptExample = builder.build_sample(example.sample, catalog, "train",
+    """Prompt ids (history + the sample's full candidate list, its split's epoch-0 template)
+    and the completion ids of [chosen] + rejected, each title + EOS."""
+    built: PromptExample = builder.build_sample(example.sample, catalog, example.split,
                                                 sample_key=example.row, epoch=0)
     return built.prompt_ids, [builder.title_ids(catalog.title(i)) for i in example.items]
 
