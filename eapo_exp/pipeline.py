@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -72,8 +73,11 @@ def run_stages(cfg: DictConfig, tracker: RunTracker, out: Path,
     item_inputs = ("item_expert",) if cfg.prompt.item_repr == "hybrid" else ()
     cache = ArtifactCache(Path(cfg.paths.artifact_cache).resolve())
     metrics: dict = {"stage": stage.value, "timings": {},
+                     # pid and wall-clock span: which process ran the job, and when
+                     # (parallel launchers' jobs overlap).
                      "runtime": {"device": str(runtime.device),
-                                 "num_processes": runtime.num_processes},
+                                 "num_processes": runtime.num_processes,
+                                 "pid": os.getpid(), "started_at": round(time.time(), 3)},
                      "provenance": {}}
     if method is not None:
         metrics["method"] = method.display
@@ -274,6 +278,7 @@ def run_job(cfg: DictConfig) -> float | None:
         started = time.perf_counter()
         metrics = run_stages(cfg, tracker, out, runtime)
         metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
+        metrics["runtime"]["finished_at"] = round(time.time(), 3)
         metrics["status"] = "ok"
         if main:
             write_json(out / "metrics.json", metrics)

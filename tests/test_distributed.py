@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from eapo_exp.config import PreferenceConfig
 from eapo_exp.distributed import end_processes, shard_range
 from eapo_exp.training.checkpoint import latest_checkpoint
 from tests.conftest import FAST
@@ -159,9 +160,11 @@ def test_two_process_job_writes_once_and_matches_one_process(jobs):
     assert len(list(runs[2].rglob("metrics.json"))) == 1
     assert len(list((runs[2] / "wandb").glob("offline-run-*"))) == 1
     # Logged once per step: the main process's history only.
-    history = [json.loads(line) for line in (runs[2] / "history.jsonl").read_text().splitlines()]
-    steps = [row["step"] for row in history if row["phase"] == "preference"]
-    assert steps == sorted(set(steps))
+    steps = {p: [row["step"] for row in map(json.loads, (runs[p] / "history.jsonl")
+                                            .read_text().splitlines())
+                 if row["phase"] == "preference"] for p in (1, 2)}
+    every = PreferenceConfig.log_every
+    assert steps[2] == list(range(every, STEPS + 1, every)) == steps[1]
     for label in ("sft", "eapo"):
         for split in ("valid", "test"):
             for key in ("hr@1", "hr@5", "ndcg@5", "n"):

@@ -38,6 +38,11 @@ def test_parallel_jobs_share_every_artifact(tmp_path):
     metrics = job_metrics(sweep)
     assert [m["status"] for m in metrics] == ["ok", "ok"]
     assert {m["method"] for m in metrics} == {"DPO", "EAPO"}
+    # Two workers at once: distinct processes whose runs overlap in time.
+    first, second = (m["runtime"] for m in metrics)
+    assert first["pid"] != second["pid"]
+    assert max(first["started_at"], second["started_at"]) < min(first["finished_at"],
+                                                                 second["finished_at"])
     artifacts = cache / "artifacts"
     for kind in ("samples", "experts", "sft", "reference_logps"):
         built = [p for p in (artifacts / kind).iterdir() if not p.name.startswith(".")]

@@ -98,10 +98,22 @@ def test_beam_returns_only_candidates_and_matches_exhaustive(setup):
         assert 1 <= len(pred["ranked_titles"]) <= 5
         assert set(pred["ranked_titles"]) <= cand_titles
         assert set(pred["ranked_items"]) <= set(sample["candidates"])
-    assert metrics["n"] == len(samples) and 0.0 <= metrics["hr@5"] <= 1.0
+        # The reported rank is the target's place in the returned list (0: not in it).
+        items = pred["ranked_items"]
+        target = sample["target"]
+        assert pred["target_rank"] == (items.index(target) + 1 if target in items else 0)
+    ranks = np.array([p["target_rank"] for p in preds])
+    assert metrics["n"] == len(samples)
+    assert metrics["hr@1"] == pytest.approx(np.mean(ranks == 1))
+    assert metrics["hr@5"] == pytest.approx(np.mean((ranks >= 1) & (ranks <= 5)))
 
-    # With a beam as wide as the candidate set nothing is pruned: order = score order.
+    # With a beam as wide as the candidate set nothing is pruned: order = score order, and
+    # beam mode reports the exhaustive ranking's target rank.
     _, scored = rank_candidates(model, builder, samples, catalog, ScoreMode(), progress=False)
+    _, wide = rank_candidates(model, builder, samples, catalog, BeamMode(beam_width=21),
+                              batch_size=4, progress=False)
+    assert [p["target_rank"] for p in wide] == [p["target_rank"] for p in scored]
+    assert any(p["target_rank"] > 5 for p in scored)  # ranks beyond a width-5 beam occur
     examples = [builder.build_sample(s, catalog, "test", i) for i, s in enumerate(samples)]
     hyps = constrained_beam_search(model, [e.prompt_ids for e in examples],
                                    [e.completion_ids for e in examples],

@@ -248,7 +248,16 @@ def test_cli_prints_verdicts_and_plots_intervals(two_methods: Path, tmp_path: Pa
     out = tmp_path / "out"
     assert main([str(two_methods), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| EAPO | DPO | hr@1 |" in printed and "better" in printed
+    rows = {tuple(cells[:3]): cells for line in printed.splitlines()
+            if (cells := [c.strip() for c in line.strip().strip("|").split("|")])
+            and len(cells) == 9}
+    # EAPO's true HR@1 is 0.60 against DPO's 0.30 on the same samples; DPO equals SFT.
+    eapo = rows[("EAPO", "DPO", "hr@1")]
+    assert eapo[3] == "+0.3000" and eapo[6] == "better", eapo
+    assert eapo[7:] == ["400", "1"], eapo
+    low, high = (float(x) for x in eapo[4].strip("[]").split(","))
+    assert 0.2 < low < 0.3 < high < 0.4
+    assert rows[("DPO", "SFT", "hr@1")][6] == "within noise"
     assert (out / "paired_differences_test.png").stat().st_size > 1000
 
 

@@ -77,7 +77,7 @@ def test_loop_settings_come_from_the_config_node_and_are_checked():
         validate_loop(sft, "train.sft", num_processes=3)
 
 
-def slow_build(root: str, marker_dir: str) -> str:
+def slow_build(root: str, marker_dir: str, record_dir: str, barrier) -> None:
     cache = ArtifactCache(root)
 
     def build(directory: Path) -> None:
@@ -85,19 +85,34 @@ def slow_build(root: str, marker_dir: str) -> str:
         time.sleep(1.0)
         (directory / "payload.txt").write_text("complete")
 
-    return str(cache.get_or_build("demo", {"key": 1}, build))
+    barrier.wait()  # both processes ask for the artifact at the same moment
+    started = time.time()
+    path = str(cache.get_or_build("demo", {"key": 1}, build))
+    record = {"pid": os.getpid(), "start": started, "end": time.time(), "path": path}
+    Path(record_dir, f"{os.getpid()}.json").write_text(json.dumps(record))
 
 
 def test_two_jobs_share_one_artifact(tmp_path):
-    markers = tmp_path / "markers"
+    markers, records = tmp_path / "markers", tmp_path / "records"
     markers.mkdir()
+    records.mkdir()
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        paths = pool.starmap(slow_build, [(str(tmp_path / "cache"), str(markers))] * 2)
-    assert paths[0] == paths[1]
-    assert len(list(markers.iterdir())) == 1  # built once, reused by the other job
-    assert Path(paths[0], "payload.txt").read_text() == "complete"
-    leftovers = [p.name for p in Path(paths[0]).parent.iterdir() if p.name.startswith(".")]
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=slow_build, args=(str(tmp_path / "cache"), str(markers),
+                                                    str(records), barrier)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    first, second = (json.loads(p.read_text()) for p in records.iterdir())
+    # Two processes whose requests overlapped: one built, the other waited and reused.
+    assert first["pid"] != second["pid"]
+    assert max(first["start"], second["start"]) < min(first["end"], second["end"])
+    assert first["path"] == second["path"]
+    assert len(list(markers.iterdir())) == 1
+    assert Path(first["path"], "payload.txt").read_text() == "complete"
+    leftovers = [p.name for p in Path(first["path"]).parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no temp directory, and the claim file is removed on release
 
 

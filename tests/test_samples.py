@@ -98,15 +98,35 @@ def test_untitled_items_dropped_and_counted():
     assert "i0" not in s.catalog.raw_ids and "i1" not in s.catalog.raw_ids
 
 
-def test_cold_start_variants(samples):
+def with_cold_start(data: InteractionData) -> InteractionData:
+    """Plants, after every other interaction (so in the test window), an item no training
+    interaction has (four users' next target) and a user with no training interaction."""
+    late = 100_000.0
+    rows = [{"user": f"u{u}", "item": "i_cold", "timestamp": late + u} for u in range(4)]
+    rows += [{"user": "u_cold", "item": f"i{item}", "timestamp": late + 10 + j}
+             for j, item in enumerate((3, 5, 7, 9))]
+    inter = pd.concat([data.interactions, pd.DataFrame(rows)], ignore_index=True)
+    return InteractionData(inter, {**data.titles, "i_cold": "a cold title"})
+
+
+def test_cold_start_variants(data):
+    samples = build_samples(with_cold_start(data), history_len=5, min_history=1,
+                            num_negatives=20, seed=3)
+    cold_item = samples.catalog.raw_ids.index("i_cold")
     train_users = set(samples.split("train")["user"])
     train_items = {i for r in samples.split("train") for i in r["history"] + [r["target"]]}
-    for row in samples.split("test_user_cold"):
-        assert row["user"] not in train_users
-    for row in samples.split("test_item_cold"):
-        assert row["target"] not in train_items
-    n_user_cold = sum(r["user"] not in train_users for r in samples.split("test"))
-    assert len(samples.split("test_user_cold")) == n_user_cold
+    test = samples.split("test")
+    item_cold = samples.split("test_item_cold")
+    user_cold = samples.split("test_user_cold")
+    # The four planted rows, and no test row whose target was seen in training.
+    assert sorted(item_cold["user"]) == ["u0", "u1", "u2", "u3"]
+    assert set(item_cold["target"]) == {cold_item} and cold_item not in train_items
+    assert sum(r["target"] == cold_item for r in test) == 4
+    # u_cold's first interaction has no history (min_history=1): three samples remain.
+    planted = [r for r in user_cold if r["user"] == "u_cold"]
+    assert [len(r["history"]) for r in planted] == [1, 2, 3]
+    assert "u_cold" not in train_users
+    assert len(user_cold) == sum(r["user"] not in train_users for r in test) > len(planted)
 
 
 def test_k_core():
