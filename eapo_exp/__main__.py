@@ -23,8 +23,16 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def run(cfg: DictConfig) -> float | None:
     from eapo_exp.pipeline import run_job  # heavy imports after Hydra has parsed the CLI
+    from eapo_exp.submitit_ranks import export_submitit_ranks
 
-    return run_job(cfg)
+    ranks_from_submitit = export_submitit_ranks()
+    result = run_job(cfg)
+    if ranks_from_submitit and result.status == "ok":
+        # main() does not run inside a submitit task: the task ends its process group here.
+        from eapo_exp.distributed import end_processes
+
+        end_processes()
+    return result.objective
 
 
 def main() -> None:

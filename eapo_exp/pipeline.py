@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,13 @@ def objective(metrics: dict) -> float | None:
     return last.get("valid", {}).get("hr@1")
 
 
-def run_job(cfg: DictConfig) -> float | None:
+@dataclass(frozen=True)
+class JobResult:
+    status: str  # "ok" or "failed" (an interrupted job raises instead)
+    objective: float | None  # what a Hydra sweeper optimises (see `objective`)
+
+
+def run_job(cfg: DictConfig) -> JobResult:
     runtime = default_runtime()
     # Every process of a job writes into the main process's directory (a `${now:}` run
     # directory could differ between processes by a second).
@@ -289,7 +296,7 @@ def run_job(cfg: DictConfig) -> float | None:
                             if isinstance(v, (int, float))},
                          **heldout_summary(metrics)})
         tracker.finish()
-        return objective(metrics)
+        return JobResult("ok", objective(metrics))
     except KeyboardInterrupt:  # __main__ prints the resume command and exits 130
         record_interrupt(cfg, out, tracker, main)
         raise
@@ -297,7 +304,7 @@ def run_job(cfg: DictConfig) -> float | None:
         message = record_failure(cfg, out, tracker, main, error)
         if is_sweep:  # one failed job must not end the sweep; the report lists it
             log.error("job failed: %s (traceback in %s)", message, out / "error.txt")
-            return None
+            return JobResult("failed", None)
         if isinstance(error, EapoError):
             print(f"eapo-exp: error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -151,6 +151,30 @@ def jobs(tmp_path_factory):
     return root, out
 
 
+def assert_same_results(one: Path, two: Path) -> None:
+    """The job in run directory `two` (two processes) computed what `one` (one) did."""
+    metrics = {run: json.loads((run / "metrics.json").read_text()) for run in (one, two)}
+    for label in ("sft", "eapo"):
+        for split in ("valid", "test"):
+            for key in ("hr@1", "hr@5", "ndcg@5", "n"):
+                assert metrics[two]["eval"][label][split][key] == pytest.approx(
+                    metrics[one]["eval"][label][split][key]), (label, split, key)
+    # Sharded evaluation: every sample scored, in the same order, with the same scores.
+    for split in ("valid", "test"):
+        rows = {p: [json.loads(line) for line in
+                    (p / f"predictions_eapo_{split}.jsonl").read_text().splitlines()]
+                for p in (one, two)}
+        assert [r["index"] for r in rows[two]] == list(range(len(rows[one])))
+        for a, b in zip(rows[one], rows[two]):
+            assert b["target_rank"] == a["target_rank"]
+            assert b["scores"] == pytest.approx(a["scores"], abs=1e-3)
+    # float32 throughout; two processes sum gradients in another order: 1e-4 absolute.
+    weights = {run: adapter_weights(metrics[run]) for run in (one, two)}
+    assert weights[one].keys() == weights[two].keys()
+    for name in weights[one]:
+        torch.testing.assert_close(weights[two][name], weights[one][name], rtol=1e-3, atol=1e-4)
+
+
 def test_two_process_job_writes_once_and_matches_one_process(jobs):
     _, runs = jobs
     metrics = {p: json.loads((runs[p] / "metrics.json").read_text()) for p in (1, 2)}
@@ -165,25 +189,29 @@ def test_two_process_job_writes_once_and_matches_one_process(jobs):
                  if row["phase"] == "preference"] for p in (1, 2)}
     every = PreferenceConfig.log_every
     assert steps[2] == list(range(every, STEPS + 1, every)) == steps[1]
-    for label in ("sft", "eapo"):
-        for split in ("valid", "test"):
-            for key in ("hr@1", "hr@5", "ndcg@5", "n"):
-                assert metrics[2]["eval"][label][split][key] == pytest.approx(
-                    metrics[1]["eval"][label][split][key]), (label, split, key)
-    # Sharded evaluation: every sample scored, in the same order, with the same scores.
-    for split in ("valid", "test"):
-        rows = {p: [json.loads(line) for line in
-                    (runs[p] / f"predictions_eapo_{split}.jsonl").read_text().splitlines()]
-                for p in (1, 2)}
-        assert [r["index"] for r in rows[2]] == list(range(len(rows[1])))
-        for a, b in zip(rows[1], rows[2]):
-            assert b["target_rank"] == a["target_rank"]
-            assert b["scores"] == pytest.approx(a["scores"], abs=1e-3)
-    # float32 throughout; two processes sum gradients in another order: 1e-4 absolute.
-    one, two = adapter_weights(metrics[1]), adapter_weights(metrics[2])
-    assert one.keys() == two.keys()
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-4)
+    assert_same_results(runs[1], runs[2])
+
+
+def test_submitit_job_with_two_tasks_is_one_two_process_job(jobs, tmp_path):
+    """One sweep point on N devices under SLURM: submitit starts N tasks of the job and
+    eapo_exp.submitit_ranks joins them into one process group. submitit's local executor
+    runs the same task machinery without a scheduler."""
+    _, runs = jobs
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "eapo_exp", "-m", *JOB, f"paths.cache_dir={tmp_path}/cache",
+         "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, env=one_thread_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = [m.parent for m in sweep.glob("*/metrics.json")]
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+    assert metrics["runtime"]["num_processes"] == 2
+    task_logs = sorted(p.name for p in (sweep / ".submitit").glob("*/*_log.out"))
+    assert [name.split("_")[1] for name in task_logs] == ["0", "1"]
+    assert_same_results(runs[1], job)
 
 
 def test_killed_two_process_job_resumes_to_the_same_result(jobs, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -49,6 +50,28 @@ def test_parallel_jobs_share_every_artifact(tmp_path):
         assert len(built) == 1, (kind, built)
         assert (built[0] / ".complete").exists()
     assert len(list((artifacts / "preference").glob("[0-9a-f]*"))) == 2
+
+
+def test_submitit_local_runs_a_sweep_with_its_report(tmp_path):
+    """hydra/launcher=slurm's machinery (submitit) without a scheduler. No hydra.sweep.dir:
+    the claimed `${now:}` sweep directory must be the one every job writes into."""
+    output_root = tmp_path / "out"
+    multirun(*FAST, *PREFERENCE, "method=sft,dpo", "hydra/launcher=submitit_local",
+             f"paths.cache_dir={tmp_path}/cache", f"paths.output_root={output_root}")
+    (sweep,) = (output_root / "multirun").iterdir()
+    metrics = job_metrics(sweep)
+    assert [(m["status"], m["method"]) for m in metrics] == [("ok", "SFT"), ("ok", "DPO")]
+    # submitit's local executor starts every job of the array at once.
+    first, second = (m["runtime"] for m in metrics)
+    assert first["pid"] != second["pid"]
+    assert max(first["started_at"], second["started_at"]) < min(first["finished_at"],
+                                                                 second["finished_at"])
+    with (sweep / "report" / "summary.csv").open() as handle:
+        rows = {(row["split"], row["method"]): row for row in csv.DictReader(handle)}
+    dpo = next(m for m in metrics if m["method"] == "DPO")
+    for split in ("valid", "test"):
+        assert float(rows[split, "DPO"]["hr@1_mean"]) == dpo["eval"]["dpo"][split]["hr@1"]
+        assert (split, "SFT") in rows
 
 
 def test_optuna_searches_u_beta_on_validation_hr1(tmp_path):
