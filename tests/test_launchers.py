@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -87,6 +88,55 @@ def test_optuna_searches_u_beta_on_validation_hr1(tmp_path):
     assert 0.4 <= u_beta <= 1.5
     # Optuna's long float overrides still give valid (shortened) job directory names.
     assert all(len(p.name) <= MAX_DIRNAME + 4 for p in sweep.iterdir())
+
+
+def run_study(tmp_path, *overrides):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "eapo_exp", "-m", *FAST, *PREFERENCE, "method=eapo",
+         "hydra/sweeper=optuna_u_beta", "hydra.sweeper.n_trials=2",
+         f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/sweep", *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_optuna_study_whose_every_trial_fails_ends_in_lines_not_a_traceback(tmp_path):
+    # U_beta below z_c/gamma (>= 1.278/20): every trial's job fails its config check.
+    result = run_study(tmp_path, "hydra.sweeper.params={beta_schedule.u_beta:'interval(0.01,0.02)'}")
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "float-castable" not in output
+    failed = [line for line in output.splitlines() if "job failed: ConfigError" in line]
+    assert len(failed) == 2  # one line per trial
+    assert output.count("no trial of the Optuna study completed") == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "eapo-exp: error: 2 of 2 sweep jobs failed")
+    assert not (tmp_path / "sweep" / "optimization_results.yaml").exists()
+    assert len(list((tmp_path / "sweep").glob("*/error.txt"))) == 2
+
+
+def test_optuna_without_a_validation_split_stops_before_the_first_trial(tmp_path):
+    result = run_study(tmp_path, "eval.splits=[test]")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "eapo-exp: error: the Optuna sweeper maximises validation HR@1, but "
+        "eval.splits=['test'] has no 'valid'; add it (e.g. eval.splits=[valid,test])")
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+
+
+def test_failed_trial_echoes_are_dropped_only_for_jobs_that_returned_nothing():
+    from hydra_plugins.eapo_exp_sweepers.optuna_sweeper import DropFailedJobEchoes
+
+    def kept(message: str) -> bool:
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, message, None, None)
+        return DropFailedJobEchoes().filter(record)
+
+    none = 'ValueError("Return value must be float-castable. Got \'None\'.")'
+    assert not kept("Failed experiment: Return value must be float-castable. Got 'None'.")
+    assert not kept(f"Failed [{none}] times out of 1 with max_failure_rate=0.25.")
+    assert not kept(f"Failed [{none}, {none}] times out of 2 with max_failure_rate=0.25.")
+    assert kept(f"Failed [{none}, ValueError('nan')] times out of 2 with max_failure_rate=0.25.")
+    assert kept("Failed experiment: The value nan is not acceptable.")
+    assert kept("Best value: 0.25")
 
 
 def test_short_dirname_keeps_short_names_and_hashes_long_ones():
