@@ -325,7 +325,9 @@ class ChatRecConfig:
 class LoggerConfig:
     name: str = "none"
     project: str = "eapo-exp"
-    mode: str = "offline"  # online | offline | disabled
+    # online | offline | disabled; null: the user's W&B settings (WANDB_MODE, or the mode in
+    # W&B's settings files), else offline (tracking.resolve_wandb_mode).
+    mode: str | None = None
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)

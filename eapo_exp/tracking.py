@@ -1,7 +1,7 @@
 """Metric tracking: always a local `history.jsonl`; Weights & Biases when logger=wandb.
 
-W&B defaults to offline mode so runs work without a network; `wandb sync <dir>` uploads
-them later. Every job is its own W&B run, finished even when the job fails; a failed
+W&B runs offline unless logger.mode or the user's W&B settings say otherwise
+(`resolve_wandb_mode`), so runs work without a network; `wandb sync <dir>` uploads them later. Every job is its own W&B run, finished even when the job fails; a failed
 run carries the error in its summary (`error`) and notes.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 class RunTracker:
     def __init__(self, out_dir: Path, *, backend: str = "none", project: str = "eapo-exp",
-                 mode: str = "offline", entity: str | None = None, name: str | None = None,
+                 mode: str | None = None, entity: str | None = None, name: str | None = None,
                  group: str | None = None, job_type: str | None = None,
                  tags: list[str] | None = None, config: dict | None = None,
                  history: bool = True) -> None:
@@ -30,6 +31,8 @@ class RunTracker:
         self.out_dir = Path(out_dir)
         self.history_path = self.out_dir / "history.jsonl" if history else None
         self.wandb_run = None
+        if backend == "wandb":
+            mode = resolve_wandb_mode(mode)
         if backend == "wandb" and mode != "disabled":
             self.wandb_run = start_wandb(project=project, entity=entity, mode=mode,
                                          dir=str(self.out_dir), name=name, group=group,
@@ -72,6 +75,24 @@ class RunTracker:
             if mode == "offline":
                 print(f"W&B offline run saved; upload with: wandb sync {directory}")
             self.wandb_run = None
+
+
+def resolve_wandb_mode(mode: str | None) -> str:
+    """`mode` when given; else the user's W&B settings: WANDB_MODE, then a `mode` in W&B's
+    settings files (`wandb offline` writes one; `wandb online` removes it); else offline."""
+    if mode is not None:
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        from_env = os.environ["WANDB_MODE"].lower()
+        from_env = {"dryrun": "offline", "run": "online"}.get(from_env, from_env)  # W&B aliases
+        if from_env not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE must be one of {', '.join(WANDB_MODES)}; "
+                              f"got {os.environ['WANDB_MODE']!r}")
+        return from_env
+    import wandb
+
+    settings = wandb.setup().settings  # W&B's own reading of its settings files
+    return settings.mode if "mode" in settings.model_fields_set else "offline"
 
 
 def start_wandb(*, mode: str, **kwargs):

@@ -83,7 +83,7 @@ def validate_logger(logger_cfg: DictConfig) -> None:
 
     if logger_cfg.name not in ("none", "wandb"):
         raise ConfigError(f"logger.name must be none or wandb; got {logger_cfg.name!r}")
-    if logger_cfg.mode not in WANDB_MODES:
+    if logger_cfg.mode is not None and logger_cfg.mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode must be one of {', '.join(WANDB_MODES)}; "
                           f"got {logger_cfg.mode!r}")
 

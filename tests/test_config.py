@@ -92,6 +92,19 @@ def test_paper_experiments_run_three_seeds_at_paper_size(experiment):
     assert cpu.train.sft.max_train_samples == 448 and cpu.eval.max_samples == 200
 
 
+@pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
+def test_paper_experiments_log_to_wandb_grouped_by_experiment(experiment):
+    cfg = compose_with([f"experiment={experiment}"])
+    assert (cfg.logger.name, cfg.logger.mode, cfg.logger.group) == ("wandb", None, experiment)
+    assert compose_with([f"experiment={experiment}", "logger=none"]).logger.name == "none"
+
+
+@pytest.mark.parametrize("experiment", ["main", "smoke", "cpu_long", "cpu_scale"])
+def test_cpu_experiments_and_make_run_log_to_no_wandb(experiment):
+    assert compose_with([f"experiment={experiment}"]).logger.name == "none"
+    assert composed(f"experiment={experiment}").hydra.callbacks.sweep_report.wandb == "auto"
+
+
 def test_u_beta_sweeps_the_upper_bound():
     assert "beta_schedule.u_beta" in composed("experiment=u_beta").hydra.sweeper.params
 

@@ -294,11 +294,19 @@ def test_cli(sweep: Path, tmp_path: Path, capsys, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "report"
+    # No W&B setting anywhere: the report run is saved offline.
     assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
     printed = capsys.readouterr().out
     assert "| EAPO | 0.75 | 0.4650 ± 0.0071 |" in printed
-    assert "W&B" in printed and "skipped" in printed
+    assert "W&B: report saved offline; upload with: wandb sync" in printed
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    # Online without an API key is refused in one line, the report still written.
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
+    assert "W&B: online, but no API key" in capsys.readouterr().out
     for name in ("report.csv", "summary.csv", "summary.md", "reward_margins.png"):
         assert (out / name).stat().st_size > 0
 

@@ -329,7 +329,7 @@ def test_the_sweep_callback_passes_its_pairs_and_refuses_bad_ones(two_methods: P
 
     with pytest.raises(ValueError, match=r"hydra.callbacks.sweep_report.pairs: pair 'DPO'"):
         SweepReport(pairs=["DPO"])
-    SweepReport(plots=False, pairs=["DPO:EAPO"]).write_report(two_methods)
+    SweepReport(plots=False, pairs=["DPO:EAPO"]).write_report(two_methods, wandb=False)
     table = pd.read_csv(two_methods / "report" / "comparisons.csv")
     assert comparison(table, "DPO", "EAPO")["verdict"] == "worse"
 

@@ -52,3 +52,36 @@ def test_failed_job_still_finishes_its_wandb_run(tmp_path):
     assert result.returncode == 2 and "missing.inter" in result.stderr
     assert "upload with: wandb sync" in result.stdout
     offline_run_file(out)
+
+
+def test_wandb_mode_comes_from_the_config_then_the_users_settings_then_offline(
+        tmp_path, monkeypatch):
+    import pytest
+    import wandb
+
+    from eapo_exp.errors import ConfigError
+    from eapo_exp.tracking import resolve_wandb_mode
+
+    def resolved(mode=None):
+        wandb.teardown()  # wandb.setup() keeps the settings it read first
+        try:
+            return resolve_wandb_mode(mode)
+        finally:
+            wandb.teardown()
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)  # no ./wandb/settings of the repository's
+    assert resolved() == "offline"
+    assert resolved("online") == "online"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings").write_text("[default]\nmode = disabled\n")
+    assert resolved() == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert resolved() == "online"
+    assert resolved("offline") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolved() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "onlin")
+    with pytest.raises(ConfigError, match="WANDB_MODE must be one of online, offline, disabled"):
+        resolved()

@@ -4,7 +4,8 @@ non-zero when any of the sweep's jobs failed.
 Enabled in conf/config.yaml; `hydra.callbacks.sweep_report.enabled=false` turns the report
 off (the exit status still counts failed jobs); `pairs` (METHOD:REFERENCE strings) adds
 paired comparisons beyond each method's base and SFT, as `eapo-report --pair` does, and
-`axis_baselines` (AXIS=VALUE strings) as `--axis-baseline` does. A failing report never fails
+`axis_baselines` (AXIS=VALUE strings) as `--axis-baseline` does; `wandb` (auto: when the
+sweep's jobs log to W&B) logs the report as a W&B run too. A failing report never fails
 the sweep: the jobs' results are already on disk and `eapo-report <sweep dir>` can be rerun
 by hand.
 """
@@ -28,14 +29,17 @@ EXIT_JOBS_FAILED = 1
 
 
 class SweepReport(Callback):
-    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = False,
+    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool | str = "auto",
                  pairs: list[str] | None = None,
                  axis_baselines: list[str] | None = None) -> None:
         from eapo_exp.report.comparisons import parse_axis_baselines, parse_pairs
 
         self.enabled = bool(enabled)
         self.plots = bool(plots)
-        self.wandb = bool(wandb)
+        if wandb not in (True, False, "auto"):
+            raise ValueError(f"hydra.callbacks.sweep_report.wandb must be true, false or auto; "
+                             f"got {wandb!r}")
+        self.wandb = wandb
         try:
             parse_pairs(pairs)
         except ValueError as error:
@@ -57,7 +61,8 @@ class SweepReport(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if self.enabled:
-            self.write_report(sweep_dir)
+            self.write_report(sweep_dir, wandb=self.wandb is True or (
+                self.wandb == "auto" and config.logger.name == "wandb"))
         jobs = sweep_jobs(sweep_dir, self.started)
         failed = [path.name for path in jobs if not job_ok(path)]
         if failed:
@@ -67,11 +72,11 @@ class SweepReport(Callback):
                   file=sys.stderr)
             sys.exit(EXIT_JOBS_FAILED)
 
-    def write_report(self, sweep_dir: Path) -> None:
+    def write_report(self, sweep_dir: Path, wandb: bool) -> None:
         from eapo_exp.report.cli import main
 
         argv = [str(sweep_dir), *([] if self.plots else ["--no-plots"]),
-                *(["--wandb"] if self.wandb else []),
+                *(["--wandb"] if wandb else []),
                 *(arg for pair in self.pairs for arg in ("--pair", pair)),
                 *(arg for entry in self.axis_baselines for arg in ("--axis-baseline", entry))]
         try:

@@ -15,9 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+from eapo_exp.errors import ConfigError
 from eapo_exp.report.comparisons import parse_axis_baselines, parse_pairs
 from eapo_exp.report.jobs import REPORT_DIRNAME, find_job_dirs
 from eapo_exp.report.sweep import build_report
+from eapo_exp.tracking import resolve_wandb_mode
 
 PROG = "eapo-report"
 
@@ -32,8 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", default="test",
                         help="split printed first and plotted (default: test)")
     parser.add_argument("--wandb", action="store_true",
-                        help="also log the summary and plots to a W&B run (needs an API key, "
-                             "or WANDB_MODE=offline to save it for `wandb sync`)")
+                        help="also log the summary and plots to a W&B run, in the W&B mode "
+                             "of the sweep's jobs (offline unless logger.mode or the user's "
+                             "W&B settings say otherwise; online needs an API key)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument("--pair", action="append", default=[], metavar="METHOD:REFERENCE",
                         help="also compare METHOD with REFERENCE, paired (names as the report "
@@ -62,24 +65,24 @@ def _has_wandb_key() -> bool:
 
 def log_to_wandb(result: dict, plots: list[Path], sweep_dir: Path) -> str:
     """Log the summary tables and plots to W&B; returns a one-line status message."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
+    logger = next((job.config["logger"] for job in result["jobs"]
+                   if isinstance(job.config.get("logger"), dict)), {})
+    try:
+        mode = resolve_wandb_mode(logger.get("mode"))  # as the sweep's jobs resolved it
+    except ConfigError as error:
+        return f"W&B: {error}; skipped"
     if mode == "disabled":
-        return "W&B: WANDB_MODE=disabled; skipped"
-    if mode != "offline" and not _has_wandb_key():
-        return ("W&B: no API key (set WANDB_API_KEY or run `wandb login`; or WANDB_MODE="
-                "offline to save the run for `wandb sync`); skipped")
+        return "W&B: mode disabled; skipped"
+    if mode == "online" and not _has_wandb_key():
+        return ("W&B: online, but no API key (set WANDB_API_KEY or run `wandb login`; or "
+                "logger.mode=offline to save the run for `wandb sync`); skipped")
     try:
         import wandb
 
-        logger = {}
-        for job in result["jobs"]:
-            logger = job.config.get("logger") or {}
-            if logger:
-                break
         run = wandb.init(project=logger.get("project") or "eapo-exp",
                          entity=logger.get("entity"), group=logger.get("group"),
                          job_type="report", name=f"report:{sweep_dir.name}",
-                         dir=str(result["out_dir"]), mode=mode or None,
+                         dir=str(result["out_dir"]), mode=mode,
                          config={"sweep_dir": str(sweep_dir)},
                          settings=wandb.Settings(init_timeout=60))
         summary = result["summary"]
