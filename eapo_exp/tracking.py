@@ -1,8 +1,9 @@
 """Metric tracking: always a local `history.jsonl`; Weights & Biases when logger=wandb.
 
 W&B runs offline unless logger.mode or the user's W&B settings say otherwise
-(`resolve_wandb_mode`), so runs work without a network; `wandb sync <dir>` uploads them later. Every job is its own W&B run, finished even when the job fails; a failed
-run carries the error in its summary (`error`) and notes.
+(`resolve_wandb_mode`), so runs work without a network; `wandb sync <dir>` uploads them
+later. Every job is its own W&B run, finished even when the job fails; a failed run carries
+the error in its summary (`error`) and notes.
 """
 
 from __future__ import annotations
@@ -31,15 +32,13 @@ class RunTracker:
         self.out_dir = Path(out_dir)
         self.history_path = self.out_dir / "history.jsonl" if history else None
         self.wandb_run = None
-        if backend == "wandb":
-            mode = resolve_wandb_mode(mode)
-        if backend == "wandb" and mode != "disabled":
+        if backend not in ("none", "wandb"):
+            raise ConfigError(f"logger.name must be none or wandb; got {backend!r}")
+        if backend == "wandb" and (mode := resolve_wandb_mode(mode)) != "disabled":
             self.wandb_run = start_wandb(project=project, entity=entity, mode=mode,
                                          dir=str(self.out_dir), name=name, group=group,
                                          job_type=job_type, tags=tags or [],
                                          config=config or {})
-        elif backend not in ("none", "wandb"):
-            raise ConfigError(f"logger.name must be none or wandb; got {backend!r}")
 
     def log(self, phase: str, step: int, metrics: dict[str, Any]) -> None:
         record = {"phase": phase, "step": step, "time": time.time(), **metrics}
